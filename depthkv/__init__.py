@@ -1,0 +1,1 @@
+"""depthkv: layer-dependent KV-cache budgets."""
