@@ -1,1 +1,48 @@
-"""depthkv: layer-dependent KV-cache budgets."""
+"""depthkv: layer-dependent KV-cache budgets for long-context inference.
+
+Measure each layer's sensitivity on your workload, spread a fixed global KV budget toward the
+sensitive layers, and run (or compile) the model with those per-layer budgets::
+
+    profile = depthkv.calibrate(model, tokenizer, workload)
+    plan = depthkv.allocate(profile, budget=0.2)
+    handle = depthkv.apply(model, plan)          # eager reference path
+    out = handle.generate(input_ids, max_new_tokens=32)
+
+Importing depthkv has no side effects: nothing is registered with transformers and no CUDA
+context is created until you call one of these functions.
+"""
+
+from .allocate import allocate, plan_from_budgets, uniform_plan
+from .allocate_core import STRATEGIES, allocate_from_sensitivity
+from .apply import DepthKVModel, apply
+from .cache import BudgetCache, BudgetLayer, DepthKVUsageError
+from .calibrate import calibrate
+from .fingerprint import FingerprintMismatch, ModelFingerprint, fingerprint
+from .jsonio import CorruptFileError
+from .policies import POLICIES, PolicyConfig
+from .profile import Plan, Profile
+from .stats import LayerStats, permutation_test
+
+__all__ = [
+    "POLICIES",
+    "STRATEGIES",
+    "BudgetCache",
+    "BudgetLayer",
+    "CorruptFileError",
+    "DepthKVModel",
+    "DepthKVUsageError",
+    "FingerprintMismatch",
+    "LayerStats",
+    "ModelFingerprint",
+    "Plan",
+    "PolicyConfig",
+    "Profile",
+    "allocate",
+    "allocate_from_sensitivity",
+    "apply",
+    "calibrate",
+    "fingerprint",
+    "permutation_test",
+    "plan_from_budgets",
+    "uniform_plan",
+]
