@@ -94,8 +94,9 @@ def test_positions_after_pruning_equal_unpruned(models):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("policy", DETERMINISTIC)
-@pytest.mark.parametrize("family", ["llama", "gemma"])
+@pytest.mark.parametrize(
+    "family, policy", [("llama", p) for p in DETERMINISTIC] + [("gemma", "snapkv"), ("qwen3", "h2o")]
+)
 def test_batched_left_padded_equals_one_by_one(models, family, policy):
     model = models[family]
     lengths = [30, 41, 23]
@@ -112,8 +113,8 @@ def test_batched_left_padded_equals_one_by_one(models, family, policy):
         with torch.no_grad():
             kw = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
             out = handle.generate(batch, attention_mask=mask, **kw)
-            full = depthkv.apply(model, depthkv.plan_from_budgets(model, [None] * 3)).generate(batch, attention_mask=mask, **kw)
-            handle = depthkv.apply(model, plan)
+            full_handle = depthkv.apply(model, depthkv.plan_from_budgets(model, [None] * 3))
+            full = full_handle.generate(batch, attention_mask=mask, **kw)
             # non-vacuous: pruning changes the logits
             assert (torch.stack(out.logits) - torch.stack(full.logits)).abs().max() > 1e-3
             for i, p in enumerate(prompts):

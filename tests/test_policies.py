@@ -86,12 +86,16 @@ def bf_probs(q, keys, mask, scaling):
     return out
 
 
-def bf_pool(values, kernel):
+def bf_pool(values, kernel, real=None):
+    """Average over the real slots of each window (all slots when ``real`` is None); 0 if none."""
     p = kernel // 2
     n = len(values)
-    return [
-        sum(values[max(0, j - p) : min(n, j + p + 1)]) / (min(n, j + p + 1) - max(0, j - p)) for j in range(n)
-    ]
+    real = [True] * n if real is None else real
+    out = []
+    for j in range(n):
+        idx = [i for i in range(max(0, j - p), min(n, j + p + 1)) if real[i]]
+        out.append(sum(values[i] for i in idx) / len(idx) if idx else 0.0)
+    return out
 
 
 def bf_snapkv(cfg, q, keys, mask, scaling, prev=None):
@@ -103,7 +107,8 @@ def bf_snapkv(cfg, q, keys, mask, scaling, prev=None):
     out = torch.zeros_like(raw)
     for bi in range(raw.shape[0]):
         for k in range(raw.shape[1]):
-            out[bi, k] = torch.tensor(bf_pool(raw[bi, k].tolist(), cfg.kernel), dtype=torch.float64)
+            real = mask[bi, k, -1].tolist()  # slots the last query may see: the real (non-padding) ones
+            out[bi, k] = torch.tensor(bf_pool(raw[bi, k].tolist(), cfg.kernel, real), dtype=torch.float64)
     return out
 
 

@@ -1,0 +1,140 @@
+"""calibrate(): one degradation row per layer, reuse is exact, resume continues."""
+
+from __future__ import annotations
+
+import importlib
+import random
+
+import numpy as np
+import pytest
+
+import depthkv
+
+from .conftest import tiny_model
+
+calibrate_mod = importlib.import_module("depthkv.calibrate")
+
+
+class CharTokenizer:
+    """Minimal HF-like tokenizer for a vocab-97 random model."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1 + (ord(c) % 96) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(32 + i % 90) for i in ids)
+
+
+def workload(n=5, length=90, seed=0):
+    r = random.Random(seed)
+    return [
+        {
+            "context": "".join(r.choice("abcdefgh ") for _ in range(length)),
+            "question": "\nQ: key?",
+            "answer": " " + "".join(r.choice("xyz") for _ in range(4)),
+        }
+        for _ in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama", layers=4)
+
+
+def test_one_row_per_layer_with_stats(model):
+    profile = depthkv.calibrate(model, CharTokenizer(), workload(), progress=False, n_permutations=199)
+    assert profile.degradation.shape == (1, 5, 4)
+    assert profile.complete
+    assert np.isfinite(profile.degradation).all()
+    assert (profile.degradation != 0).any()
+    stats = depthkv.LayerStats.from_dict(profile.stats["by_budget"][0])
+    assert 0 < stats.permutation.pvalue <= 1
+    assert profile.context_lengths == [90] * 5
+    assert model.config._attn_implementation == "sdpa"  # restored
+
+
+@pytest.mark.parametrize("metric", ["nll", "kl"])
+def test_reuse_equals_recomputing_every_layer(model, metric):
+    kw = dict(progress=False, n_permutations=19, metric=metric, ablation_budget=[0.15, 0.4])
+    fast = depthkv.calibrate(model, CharTokenizer(), workload(3), **kw)
+    slow = depthkv.calibrate(model, CharTokenizer(), workload(3), reuse=False, **kw)
+    np.testing.assert_allclose(fast.degradation, slow.degradation, atol=1e-5)
+
+
+def test_matches_apply_with_one_layer_pruned(model):
+    """The ablation of layer l equals running the model with a plan that prunes only layer l."""
+    import torch
+
+    wl = workload(1)
+    profile = depthkv.calibrate(model, CharTokenizer(), wl, progress=False, ablation_budget=20, compress="prompt")
+    ex = wl[0]
+    tok = CharTokenizer()
+    prompt = tok(ex["context"] + ex["question"])["input_ids"]
+    answer = tok(ex["answer"])["input_ids"]
+    ids = torch.tensor([prompt + answer[:-1]])
+    for layer in range(4):
+        budgets = [None] * 4
+        budgets[layer] = 20
+        nll = []
+        for b in (budgets, [None] * 4):
+            handle = depthkv.apply(model, depthkv.plan_from_budgets(model, b))
+            cache = handle.new_cache()
+            with torch.no_grad():
+                first = handle(torch.tensor([prompt]), cache=cache).logits[:, -1:]
+                rest = handle(torch.tensor([answer[:-1]]), cache=cache).logits
+            handle.remove()
+            logp = torch.log_softmax(torch.cat([first, rest], 1)[0].float(), -1)
+            nll.append(-logp[torch.arange(len(answer)), torch.tensor(answer)].mean().item())
+        assert profile.degradation[0, 0, layer] == pytest.approx(nll[0] - nll[1], abs=1e-5)
+    assert ids.shape[1] > 0
+
+
+def test_budget_at_least_context_gives_zero(model):
+    profile = depthkv.calibrate(model, CharTokenizer(), workload(2), ablation_budget=500, progress=False)
+    assert (profile.degradation == 0).all()
+
+
+def test_resume_after_interruption(model, tmp_path, monkeypatch):
+    ckpt = tmp_path / "partial.json"
+    wl = workload(4)
+    reference = depthkv.calibrate(model, CharTokenizer(), wl, progress=False, n_permutations=99)
+
+    calls = {"n": 0}
+    original = calibrate_mod._Example.__init__
+
+    def flaky(self, runner, item):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        original(self, runner, item)
+
+    monkeypatch.setattr(calibrate_mod._Example, "__init__", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        depthkv.calibrate(model, CharTokenizer(), wl, progress=False, checkpoint=ckpt, n_permutations=99)
+    partial = depthkv.Profile.load(ckpt)
+    assert not partial.complete and partial.n_examples == 2
+
+    calls["n"] = 100  # no more interruptions; count the examples actually run
+    resumed = depthkv.calibrate(model, CharTokenizer(), wl, progress=False, checkpoint=ckpt, n_permutations=99)
+    assert calls["n"] == 102  # only the two missing examples were computed
+    np.testing.assert_allclose(resumed.degradation, reference.degradation, atol=1e-6)
+    assert depthkv.Profile.load(ckpt).complete
+
+
+def test_resume_refuses_other_settings(model, tmp_path):
+    ckpt = tmp_path / "p.json"
+    depthkv.calibrate(model, CharTokenizer(), workload(2), progress=False, checkpoint=ckpt, n_permutations=9)
+    with pytest.raises(ValueError, match="other settings"):
+        depthkv.calibrate(model, CharTokenizer(), workload(2), metric="kl", progress=False, checkpoint=ckpt)
+
+
+def test_bad_inputs(model):
+    with pytest.raises(ValueError, match="metric"):
+        depthkv.calibrate(model, CharTokenizer(), workload(1), metric="rouge")
+    with pytest.raises(ValueError, match="lacks string fields"):
+        depthkv.calibrate(model, CharTokenizer(), [{"context": "abc"}])
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        depthkv.calibrate(model, CharTokenizer(), workload(1), ablation_budget=1.5)
+    with pytest.raises(ValueError, match="compress"):
+        depthkv.calibrate(model, CharTokenizer(), workload(1), compress="all")
