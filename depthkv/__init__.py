@@ -23,6 +23,15 @@ from .policies import POLICIES, PolicyConfig
 from .profile import Plan, Profile
 from .stats import LayerStats, permutation_test
 
+
+
+def load_model(name_or_path: str, **kwargs):
+    """Load a shipped tiny model (``"tiny-llama"``, ...) or a local HF checkpoint: ``(model, tokenizer)``."""
+    from .models import load_model as _load
+
+    return _load(name_or_path, **kwargs)
+
+
 __all__ = [
     "POLICIES",
     "STRATEGIES",
@@ -42,6 +51,7 @@ __all__ = [
     "apply",
     "calibrate",
     "fingerprint",
+    "load_model",
     "permutation_test",
     "plan_from_budgets",
     "uniform_plan",
