@@ -24,7 +24,6 @@ from .profile import Plan, Profile
 from .stats import LayerStats, permutation_test
 
 
-
 def load_model(name_or_path: str, **kwargs):
     """Load a shipped tiny model (``"tiny-llama"``, ...) or a local HF checkpoint: ``(model, tokenizer)``."""
     from .models import load_model as _load
