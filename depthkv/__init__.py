@@ -15,12 +15,15 @@ context is created until you call one of these functions.
 from .allocate import allocate, plan_from_budgets, uniform_plan
 from .allocate_core import STRATEGIES, allocate_from_sensitivity
 from .apply import DepthKVModel, apply
+from .backend import DepthKVBackend, backend, compile
 from .cache import BudgetCache, BudgetLayer, DepthKVUsageError
 from .calibrate import calibrate
 from .fingerprint import FingerprintMismatch, ModelFingerprint, fingerprint
+from .generation import greedy_generate
 from .jsonio import CorruptFileError
 from .policies import POLICIES, PolicyConfig
 from .profile import Plan, Profile
+from .static_cache import StaticBudgetCache
 from .stats import LayerStats, permutation_test
 
 
@@ -36,6 +39,8 @@ __all__ = [
     "STRATEGIES",
     "BudgetCache",
     "BudgetLayer",
+    "DepthKVBackend",
+    "StaticBudgetCache",
     "CorruptFileError",
     "DepthKVModel",
     "DepthKVUsageError",
@@ -48,6 +53,9 @@ __all__ = [
     "allocate",
     "allocate_from_sensitivity",
     "apply",
+    "backend",
+    "compile",
+    "greedy_generate",
     "calibrate",
     "fingerprint",
     "load_model",

@@ -113,12 +113,23 @@ def depthkv_attention(
     if dropout and module.training:
         raise ValueError("depthkv attention is for inference; put the model in eval() mode (dropout > 0 given)")
     scaling = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if torch.compiler.is_compiling():
+        # Traced: emit plain SDPA over what the cache handed us (a StaticBudgetCache's logical K/V);
+        # depthkv.backend's FX pass rewrites it into the budget-aware op of this layer.
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+        )
+        return out.transpose(1, 2).contiguous(), None
     layer = take_active_layer()
     if kwargs.get("sliding_window") is not None:
         raise NotImplementedError(
             f"layer {getattr(module, 'layer_idx', '?')} uses sliding-window attention, which depthkv does not "
             "prune yet; use a model whose layers all use full attention"
         )
+    from .static_cache import StaticBudgetLayer
+
+    if isinstance(layer, StaticBudgetLayer):
+        return layer.attend(query, attention_mask, scaling).transpose(1, 2).contiguous(), None
     if layer is None or key is not layer.keys:
         # No depthkv cache (use_cache=False or another cache): plain causal attention, nothing to evict.
         m, n = query.shape[2], key.shape[2]

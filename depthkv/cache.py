@@ -97,6 +97,11 @@ class BudgetLayer(CacheLayerMixin):
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append ``key_states``/``value_states`` ``[B, Hkv, m, D]``; return the whole storage ``[B, Hkv, n+m, D]``."""
+        if torch.compiler.is_compiling():
+            raise DepthKVUsageError(
+                "BudgetCache is the eager reference cache and cannot be compiled; for torch.compile use "
+                "depthkv.StaticBudgetCache.for_model(model, plan, max_len=...)"
+            )
         if self.pending:
             raise DepthKVUsageError(
                 f"layer {self.layer_idx}: the previous step's tokens were never compressed, so the model is not "
