@@ -48,7 +48,12 @@ class DepthKVBackend:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any], **kwargs: Any) -> Callable:
         mode = kwargs.pop("mode", None)
         options = dict(kwargs.pop("options", None) or {})
-        report = specialize_budgets(gm, self.budgets, self.policy)
+        from .kernels import resolve_impl
+
+        device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
+        impl = resolve_impl(self.impl, device)
+        report = specialize_budgets(gm, self.budgets, self.policy, impl=impl)
+        report.impl = impl
         self.reports.append(report)
         log.info("depthkv pass: %d attention nodes rewritten in %.1f ms", len(report.rewritten), report.seconds * 1e3)
         if self.inner == "eager":
@@ -87,6 +92,10 @@ def backend(
         ValueError: a bad budget/strategy, a budget below the policy's floor, a relative plan without
             ``context_length``, or an unknown ``inner`` — before anything is compiled.
     """
+    from .kernels import IMPLS
+
+    if impl != "auto" and impl not in IMPLS:
+        raise ValueError(f"unknown kernel implementation {impl!r}; choose 'auto' or one of {', '.join(IMPLS)}")
     if inner not in INNER:
         raise ValueError(f"unknown inner compiler {inner!r}; choose one of {', '.join(INNER)}")
     if isinstance(plan_or_profile, Profile):
@@ -114,6 +123,7 @@ def compile(  # noqa: A001 - mirrors torch.compile
     *,
     context_length: int | None = None,
     inner: str = "inductor",
+    impl: str = "auto",
     **compile_kwargs: Any,
 ) -> Any:
     """``torch.compile`` a model's forward with depthkv's backend; returns the model.
@@ -127,7 +137,7 @@ def compile(  # noqa: A001 - mirrors torch.compile
     plan.check_model(model)
     register()
     model.set_attn_implementation(IMPL_NAME)
-    be = backend(plan, context_length=context_length, inner=inner)
+    be = backend(plan, context_length=context_length, inner=inner, impl=impl)
     model.forward = torch.compile(model.forward, backend=be, **compile_kwargs)
     model._depthkv_backend = be
     return model

@@ -118,6 +118,42 @@ def attend_evict_reference(
     return out.contiguous()
 
 
+def _attend_evict_dispatch(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    mask: Optional[torch.Tensor],  # noqa: UP045 (custom_op schema inference)
+    k_buf: torch.Tensor,
+    v_buf: torch.Tensor,
+    pos_buf: torch.Tensor,
+    score_buf: torch.Tensor,
+    seen: torch.Tensor,
+    scaling: float,
+    budget: int,
+    policy: str,
+    window: int,
+    kernel: int,
+    sinks: int,
+    seed: int,
+    layer_idx: int,
+    impl: str,
+) -> torch.Tensor:
+    """The op body: the reference, or the kernels of ``impl`` (resolved by the backend, never guessed)."""
+    if impl == "reference":
+        return attend_evict_reference(
+            q, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, seen, scaling, budget,
+            policy, window, kernel, sinks, seed, layer_idx,
+        )
+    from .kernels import ops as kernel_ops
+    from .kernels.attend_evict import attend_evict_kernels
+
+    cfg = PolicyConfig(name=policy, window=window, kernel=kernel, sinks=sinks, seed=seed)
+    return attend_evict_kernels(
+        kernel_ops(impl, q.device), q, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, seen,
+        scaling, budget, cfg, layer_idx,
+    )
+
+
 def _attend_evict_fake(q, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, seen, scaling, budget, *rest):
     return q.new_empty(q.shape)
 
@@ -129,7 +165,7 @@ def register_ops() -> None:
         "stage": torch.library.custom_op("depthkv::stage", mutates_args=())(_stage_impl),
         "attend_evict": torch.library.custom_op(
             "depthkv::attend_evict", mutates_args=("k_buf", "v_buf", "pos_buf", "score_buf")
-        )(attend_evict_reference),
+        )(_attend_evict_dispatch),
     }
     lib_ops["stage"].register_fake(_stage_fake)
     lib_ops["attend_evict"].register_fake(_attend_evict_fake)

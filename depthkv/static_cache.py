@@ -110,7 +110,9 @@ class StaticBudgetLayer(CacheLayerMixin):
         _ACTIVE_LAYER.set(self)
         return key_states, value_states
 
-    def attend(self, query: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    def attend(
+        self, query: torch.Tensor, mask: torch.Tensor | None, scaling: float, impl: str = "reference"
+    ) -> torch.Tensor:
         """Eager step: attention + in-place eviction; returns ``[B, H, m, D]``."""
         if self._new is None:
             raise DepthKVUsageError(f"layer {self.layer_idx}: attention ran without a cache update")
@@ -119,7 +121,7 @@ class StaticBudgetLayer(CacheLayerMixin):
         p = self.policy
         return torch.ops.depthkv.attend_evict(
             query, k_new, v_new, mask, self.keys, self.values, self.positions, self.scores, self.seen,
-            float(scaling), self.budget, p.name, p.window, p.kernel, p.sinks, p.seed, self.layer_idx,
+            float(scaling), self.budget, p.name, p.window, p.kernel, p.sinks, p.seed, self.layer_idx, impl,
         )
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:

@@ -26,6 +26,7 @@ class PassReport:
     rewritten: dict[int, int] = field(default_factory=dict)  # layer -> budget baked in
     nodes: int = 0
     seconds: float = 0.0
+    impl: str = "reference"
 
 
 def _keep(node: fx.Node) -> bool:
@@ -75,7 +76,7 @@ def specialize_budgets(gm: fx.GraphModule, budgets: list[int], policy: PolicyCon
         mask = None if site.is_causal else site.mask
         args = (
             site.query, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, seen, float(scale), budget,
-            policy.name, policy.window, policy.kernel, policy.sinks, policy.seed, site.layer,
+            policy.name, policy.window, policy.kernel, policy.sinks, policy.seed, site.layer, impl,
         )
         with graph.inserting_before(site.node):
             new = graph.call_function(op, args=args)
