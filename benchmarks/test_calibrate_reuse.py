@@ -14,19 +14,12 @@ import torch
 
 import depthkv
 
+from .tiny import tiny_llama
+
 LAYERS = 8
 CONTEXT = 768
 
 
-def _model():
-    import transformers as tf
-
-    torch.manual_seed(0)
-    cfg = tf.LlamaConfig(
-        vocab_size=320, hidden_size=128, intermediate_size=256, num_hidden_layers=LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-    )
-    return tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
 
 
 def _workload(n=2):
@@ -41,7 +34,7 @@ def _workload(n=2):
 def setup():
     from depthkv.tasks import ByteTokenizer
 
-    return _model(), ByteTokenizer(), _workload()
+    return tiny_llama(LAYERS), ByteTokenizer(), _workload()
 
 
 def _naive(model, tok, wl):

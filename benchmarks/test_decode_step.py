@@ -1,5 +1,8 @@
 """Decode step time: compiled depthkv at 10% and 20% budgets vs compiled full static cache (CPU).
 
+``test_decode_ratios`` times the three variants *interleaved* (one step of each per round), so load
+from other processes hits them alike; its ``extra_info`` holds per-variant medians and the ratios.
+
 Run: ``pytest benchmarks/test_decode_step.py --benchmark-only``. All variants run in one session on
 the same model (tiny Llama shape: 6 layers, hidden 128, 4 query / 2 KV heads, head dim 32), with
 Inductor; the cache is prefilled eagerly (as ``generate`` does) and each round times one decode
@@ -16,25 +19,18 @@ import depthkv
 from depthkv.backend import backend
 from depthkv.static_cache import StaticBudgetCache
 
+from .tiny import tiny_llama
+
 LAYERS, ROUNDS, WARMUP = 6, 30, 3
 CONTEXTS = (4096, 8192)
 
 
-def _model():
-    import transformers as tf
-
-    torch.manual_seed(0)
-    cfg = tf.LlamaConfig(
-        vocab_size=320, hidden_size=128, intermediate_size=384, num_hidden_layers=LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384,
-    )
-    return tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
 
 
 @pytest.fixture(scope="module")
 def model():
     torch._dynamo.reset()
-    return _model()
+    return tiny_llama(LAYERS, intermediate=384)
 
 
 def _ids(n: int) -> torch.Tensor:
@@ -84,3 +80,57 @@ def test_decode_depthkv(benchmark, model, ctx, fraction):
         _run(benchmark, compiled, cache, ctx)
     finally:
         model.set_attn_implementation("sdpa")
+
+
+def _variants(model, ctx):
+    """(name, compiled forward, cache) for the full static cache and depthkv at 10% and 20%."""
+    from transformers import StaticCache
+
+    max_len = ctx + 4 * ROUNDS + WARMUP + 8
+    full = StaticCache(config=model.config, max_cache_len=max_len)
+    with torch.inference_mode():
+        model(_ids(ctx), cache=full, use_cache=True)
+    out = [("full", torch.compile(model, fullgraph=True), full)]
+    depthkv.attention.register()
+    for fraction in (0.1, 0.2):
+        plan = depthkv.uniform_plan(model, int(fraction * ctx))
+        cache = StaticBudgetCache.for_model(model, plan, max_len=max_len)
+        model.set_attn_implementation("depthkv")
+        with torch.inference_mode():
+            model(_ids(ctx), cache=cache, use_cache=True)
+        model.set_attn_implementation("sdpa")
+        out.append((f"depthkv@{fraction}", torch.compile(model, backend=backend(plan), fullgraph=True), cache))
+    return out
+
+
+@pytest.mark.parametrize("ctx", CONTEXTS)
+def test_decode_ratios(benchmark, model, ctx):
+    import time
+
+    torch._dynamo.reset()
+    benchmark.group = f"decode-interleaved-{ctx}"
+    variants = _variants(model, ctx)
+    tok = torch.tensor([[7]])
+    times = {name: [] for name, _, _ in variants}
+
+    def one_round():
+        for name, fn, cache in variants:
+            t0 = time.perf_counter()
+            fn(tok, cache=cache, use_cache=True)
+            times[name].append(time.perf_counter() - t0)
+
+    with torch.inference_mode():
+        for _ in range(WARMUP):
+            one_round()
+        for v in times.values():
+            v.clear()
+        benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
+    med = {k: float(torch.tensor(v).median()) for k, v in times.items()}
+    benchmark.extra_info.update(
+        {
+            "context": ctx,
+            "median_s": med,
+            "speedup_vs_full": {k: med["full"] / v for k, v in med.items()},
+            "kv_bytes": {name: _kv_bytes(cache) for name, _, cache in variants},
+        }
+    )
