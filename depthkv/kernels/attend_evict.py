@@ -48,7 +48,12 @@ def _decode(kern, cfg, q, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, 
     v_cat = torch.cat([v_buf, v_new], dim=2)
     pos_cat, smask = _slot_state(mask, k_buf, pos_buf, k_new, seen)
     valid = smask[:, :, 0, :]
-    out, mass = kern.decode_attention(q, k_cat, v_cat, valid, scaling)
+    decode_attention = kern.decode_attention
+    if kern.impl == "flash":
+        # flash_attn_with_kvcache needs valid slots to be a prefix; a compacted buffer keeps empty
+        # slots first, so decode uses the Triton kernel (flash-attn still runs the prefill).
+        from .triton_decode import decode_attention
+    out, mass = decode_attention(q, k_cat, v_cat, valid, scaling)
     groups = q.shape[1] // k_buf.shape[1]
     if cfg.name in ("snapkv", "h2o"):
         prev = torch.cat([score_buf, score_buf.new_zeros(score_buf.shape[:2] + (1,))], dim=2)
