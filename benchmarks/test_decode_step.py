@@ -29,6 +29,8 @@ CONTEXTS = (4096, 8192)
 
 @pytest.fixture(scope="module")
 def model():
+    # One thread: on a small shared CPU, OpenMP spin-waits between tiny kernels otherwise dominate.
+    torch.set_num_threads(1)
     torch._dynamo.reset()
     return tiny_llama(LAYERS, intermediate=384)
 
