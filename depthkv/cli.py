@@ -62,19 +62,21 @@ def _model(name: str):
 
 
 def _card(name: str) -> dict[str, Any]:
-    """The shipped model's demo defaults (``demo.json`` beside its weights), or {}."""
-    path = Path(__file__).parent / "models" / name / "demo.json"
+    """A shipped model's measured card (``evaluation.json`` beside its weights), or {}."""
+    path = Path(__file__).parent / "models" / str(name) / "evaluation.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _default_tasks(name: str) -> list[str]:
+    """The tasks the model's card says it learned (the built-in default tasks for other models)."""
     from .tasks import DEFAULT_TASKS
 
-    return list(_card(name).get("tasks", DEFAULT_TASKS))
+    return list(_card(name).get("learned_tasks") or DEFAULT_TASKS)
 
 
 def _default_context(name: str) -> int:
-    return int(_card(name).get("context_length", 1024))
+    """The model's trained context length (1024 for models without a card)."""
+    return int(_card(name).get("trained_length", 1024))
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
