@@ -69,8 +69,9 @@ def attend_evict_reference(
     sinks: int,
     seed: int,
     layer_idx: int,
+    impl: str = "reference",
 ) -> torch.Tensor:
-    """Reference implementation of ``depthkv::attend_evict`` (any device).
+    """``depthkv::attend_evict``: the reference implementation (any device), or the kernels of ``impl``.
 
     Args:
         q: ``[B, H, m, D]`` this step's queries (post-RoPE).
@@ -82,6 +83,8 @@ def attend_evict_reference(
         seen: int64 ``[]`` logical length *including* this step's ``m`` tokens (the cache advances it
             before attention, as transformers' static layers do; the op only reads it).
 
+        impl: ``"reference"`` or a kernel implementation resolved by the backend (never guessed).
+
     Returns:
         ``[B, H, m, D]`` attention output (SDPA layout).
 
@@ -91,6 +94,15 @@ def attend_evict_reference(
     """
     from .attention import attend, slot_mask
 
+    if impl != "reference":
+        from .kernels import ops as kernel_ops
+        from .kernels.attend_evict import attend_evict_kernels
+
+        cfg = PolicyConfig(name=policy, window=window, kernel=kernel, sinks=sinks, seed=seed)
+        return attend_evict_kernels(
+            kernel_ops(impl, q.device), q, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, seen,
+            scaling, budget, cfg, layer_idx,
+        )
     if k_buf.shape[2] != budget:
         raise ValueError(f"layer {layer_idx}: buffer holds {k_buf.shape[2]} slots but the budget is {budget}")
     b, hkv, _, _ = k_new.shape
@@ -118,42 +130,6 @@ def attend_evict_reference(
     return out.contiguous()
 
 
-def _attend_evict_dispatch(
-    q: torch.Tensor,
-    k_new: torch.Tensor,
-    v_new: torch.Tensor,
-    mask: Optional[torch.Tensor],  # noqa: UP045 (custom_op schema inference)
-    k_buf: torch.Tensor,
-    v_buf: torch.Tensor,
-    pos_buf: torch.Tensor,
-    score_buf: torch.Tensor,
-    seen: torch.Tensor,
-    scaling: float,
-    budget: int,
-    policy: str,
-    window: int,
-    kernel: int,
-    sinks: int,
-    seed: int,
-    layer_idx: int,
-    impl: str,
-) -> torch.Tensor:
-    """The op body: the reference, or the kernels of ``impl`` (resolved by the backend, never guessed)."""
-    if impl == "reference":
-        return attend_evict_reference(
-            q, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, seen, scaling, budget,
-            policy, window, kernel, sinks, seed, layer_idx,
-        )
-    from .kernels import ops as kernel_ops
-    from .kernels.attend_evict import attend_evict_kernels
-
-    cfg = PolicyConfig(name=policy, window=window, kernel=kernel, sinks=sinks, seed=seed)
-    return attend_evict_kernels(
-        kernel_ops(impl, q.device), q, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, seen,
-        scaling, budget, cfg, layer_idx,
-    )
-
-
 def _attend_evict_fake(q, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, seen, scaling, budget, *rest):
     return q.new_empty(q.shape)
 
@@ -165,7 +141,7 @@ def register_ops() -> None:
         "stage": torch.library.custom_op("depthkv::stage", mutates_args=())(_stage_impl),
         "attend_evict": torch.library.custom_op(
             "depthkv::attend_evict", mutates_args=("k_buf", "v_buf", "pos_buf", "score_buf")
-        )(_attend_evict_dispatch),
+        )(attend_evict_reference),
     }
     lib_ops["stage"].register_fake(_stage_fake)
     lib_ops["attend_evict"].register_fake(_attend_evict_fake)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from depthkv.kernels import available_impls
-from depthkv.ops import _attend_evict_dispatch
+from depthkv.ops import attend_evict_reference
 
 pytestmark = pytest.mark.skipif(
     "triton" not in available_impls("cpu"), reason="needs triton with TRITON_INTERPRET=1 (set by `make test`)"
@@ -32,7 +32,7 @@ def _run(impl, policy, steps):
     outs = []
     for q, k, v in steps:
         bufs[4].add_(q.shape[2])
-        outs.append(_attend_evict_dispatch(q, k, v, None, *bufs, D**-0.5, BUDGET, policy, 4, 3, 2, 0, 0, impl))
+        outs.append(attend_evict_reference(q, k, v, None, *bufs, D**-0.5, BUDGET, policy, 4, 3, 2, 0, 0, impl))
     return outs, bufs
 
 
