@@ -34,6 +34,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--policy", default="snapkv", help="eviction policy inside each layer")
     demo.add_argument("--metric", default="nll", choices=["nll", "kl", "score"])
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--budgets", type=float, nargs="+", default=None, help="global budgets to evaluate")
+    demo.add_argument("--strategies", nargs="+", default=None, help="DepthKV strategies to evaluate")
     demo.add_argument("--quick", action="store_true", help="small run for CI (under 2 minutes)")
     demo.add_argument("--no-progress", action="store_true")
 
@@ -67,11 +69,23 @@ def _card(name: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+DEMO_MIN_ACCURACY = 0.5
+
+
 def _default_tasks(name: str) -> list[str]:
-    """The tasks the model's card says it learned (the built-in default tasks for other models)."""
+    """Tasks the model does well enough on with a full cache for pruning to have something to lose:
+    full-cache accuracy >= 0.5 at the trained length on its card (the built-in defaults otherwise)."""
     from .tasks import DEFAULT_TASKS
 
-    return list(_card(name).get("learned_tasks") or DEFAULT_TASKS)
+    card = _card(name)
+    if not card:
+        return list(DEFAULT_TASKS)
+    length = card["trained_length"]
+    usable = [
+        t for t in card["tasks"]
+        if card["cells"].get(f"{t}@{length}", {}).get("accuracy", 0.0) >= DEMO_MIN_ACCURACY
+    ]
+    return usable or list(card.get("learned_tasks") or DEFAULT_TASKS)
 
 
 def _default_context(name: str) -> int:
@@ -109,6 +123,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         n_calib, n_eval, budgets = args.n_calib or 8, args.n_eval or 16, list(DEMO_BUDGETS)
         strategies, ablation = ("proportional", "softmax", "rank", "greedy"), [args.budget, 0.1, 0.5]
         n_perm = 10_000
+    budgets = list(args.budgets or budgets)
+    strategies = tuple(args.strategies or strategies)
     if args.budget not in budgets:
         budgets = sorted({*budgets, args.budget})
     ablation = list(dict.fromkeys(ablation))
