@@ -1,0 +1,828 @@
+"""Train (and evaluate, and write the model card of) one of the embedded tiny models.
+
+Reproduce a shipped model exactly (same steps, same data stream, same curriculum)::
+
+    python -m depthkv.models.train --name tiny-llama --steps <steps from its training.json>
+
+or give a wall-clock budget, which is turned into a step count by timing a few steps first::
+
+    python -m depthkv.models.train --name tiny-llama --minutes 20
+
+Then ``--eval-only`` measures the full-cache accuracy table and writes ``evaluation.json`` and the
+model card ``README.md`` into the model folder.
+
+The recipe (see /work/shared FIELD-NOTES "Training tiny models here"): dense supervision in the
+multi-query form. Each training row is ``<s>`` + a context in the exact text format of
+``depthkv.tasks`` (``key:value`` records among filler lines, or a dense record list) followed by
+questions about (nearly) every key of the context, each in the prompt form the tasks use
+(``"\\n?key:"`` or ``"\\n?k1 k2:"``) immediately followed by its answer. The loss is on the answer
+tokens and the newline that ends each answer (the model has to learn where a value stops: some
+values have 5 digits), nowhere else. Contexts come from the task generators themselves (seeds
+unrelated to the calibration/evaluation splits) plus a "many needles" generator that packs more
+keys (some with several values) into filler for more supervision per row. A curriculum raises the
+context length 128 -> 256 -> 512 -> 1024 once the teacher-forced exact-match rate of the answers
+passes a threshold (or a stage's share of the steps runs out). AdamW, linear warmup + cosine decay,
+gradient clipping, fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from depthkv.tasks import DEFAULT_TASKS, TASKS, ByteTokenizer, builtin_workload, score
+from depthkv.tasks.generators import GENERATORS
+from depthkv.tasks.text import key_question, random_value, random_word, scatter
+
+MODELS_DIR = Path(__file__).resolve().parent
+VOCAB_SIZE = 320  # ByteTokenizer's 259 ids, padded to a multiple of 64
+IGNORE = -100
+_RECORD = re.compile(r"^([a-z]+):(\d+)$", re.MULTILINE)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-llama": dict(
+        family="llama",
+        num_hidden_layers=6,
+        hidden_size=128,
+        intermediate_size=384,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+    "tiny-qwen2": dict(
+        family="qwen2",
+        num_hidden_layers=8,
+        hidden_size=128,
+        intermediate_size=384,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+}
+
+# Row kinds and their probabilities: the task generators themselves (exactly the evaluation
+# distribution, other seeds) and "many" (more keys in filler, some with several values).
+KINDS: dict[str, float] = {
+    "niah_single": 0.06,
+    "niah_multikey": 0.12,
+    "niah_multivalue": 0.12,
+    "niah_multiquery": 0.12,
+    "kv_retrieval": 0.28,
+    "many": 0.30,
+}
+
+# The curriculum. A stage draws context lengths up to ``context`` (from ``min_context``), rows of
+# the given kinds, and "dense"/"many" rows with up to ``max_keys`` keys. It starts with short
+# record lists (2-4 ``key:value`` lines, no filler): a copy (induction) head forms in a few hundred
+# steps, key matching after it; a 6-layer model trained on the full mix at 128 characters stayed at
+# chance for 1,000 steps. Then filler, more keys, and length.
+_EARLY_KINDS = {
+    "dense": 0.3,
+    "many": 0.3,
+    "kv_retrieval": 0.2,
+    "niah_multikey": 0.1,
+    "niah_multiquery": 0.05,
+    "niah_multivalue": 0.05,
+}
+STAGES: tuple[dict[str, Any], ...] = (
+    {
+        "context": 64,
+        "min_context": 20,
+        "max_keys": 4,
+        "batch_tokens": 1024,
+        "kinds": {"dense": 0.7, "many": 0.3},
+    },
+    {"context": 128, "min_context": 48, "max_keys": 8, "batch_tokens": 2048, "kinds": _EARLY_KINDS},
+    {"context": 256, "min_context": 96, "max_keys": 8, "batch_tokens": 3072, "kinds": KINDS},
+    {"context": 512, "min_context": 96, "max_keys": 12, "batch_tokens": 3072, "kinds": KINDS},
+    {"context": 1024, "min_context": 96, "max_keys": 16, "batch_tokens": 3072, "kinds": KINDS},
+)
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    seed: int = 0
+    steps: int | None = None
+    stop_at: int | None = None  # end here, before ``steps`` (replays a run cut by its time limit)
+    minutes: float | None = None
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.25  # warmup, constant, then cosine decay over the last quarter
+    warmup_steps: int = 60
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    threads: int = 1
+    stages: tuple[dict[str, Any], ...] = STAGES
+    # Most steps each stage but the last may take (it ends earlier once its accuracy is reached;
+    # the steps it leaves go to the later stages). ``None``: planned from ``time_shares``.
+    stage_steps: tuple[int, ...] | None = None
+    # Share of the wall-clock budget planned for each stage but the last (which gets the rest).
+    time_shares: tuple[float, ...] = (0.30, 0.15, 0.10, 0.10)
+    advance_at: float = 0.75  # EMA of teacher-forced answer exact match that moves to the next stage
+    min_stage_steps: int = 25
+    max_queries: int = 48  # questions per row at most (kv_retrieval at 1024 has ~100 keys)
+    multi_key_prob: float = 0.3  # chance that a question groups 2-4 single-valued keys
+
+
+# -- model ---------------------------------------------------------------------------------
+
+
+def build_config(preset: dict[str, Any]):
+    """The transformers config of a preset (random init happens in ``from_config``)."""
+    import transformers as tf
+
+    preset = dict(preset)
+    family = preset.pop("family")
+    tokenizer = ByteTokenizer()
+    common = dict(
+        vocab_size=VOCAB_SIZE,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        **preset,
+    )
+    if family == "llama":
+        return tf.LlamaConfig(**common)
+    if family == "qwen2":
+        return tf.Qwen2Config(use_sliding_window=False, sliding_window=None, **common)
+    raise ValueError(f"unknown family {family!r}; known: llama, qwen2")
+
+
+def new_model(preset: dict[str, Any], seed: int):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(build_config(preset), attn_implementation="sdpa")
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    ids: list[int]
+    labels: list[int]
+    spans: list[tuple[int, int]]  # [start, end) of each labelled answer (+ its newline)
+
+
+def _context_many(rng: random.Random, context_length: int, max_keys: int) -> str:
+    """Filler with 1..``max_keys`` keys, about a quarter of them written 2-4 times."""
+    taken_keys: set[str] = set()
+    taken_values: set[str] = set()
+    records = []
+    for _ in range(rng.randint(1, max_keys)):
+        key = random_word(rng, taken_keys)
+        repeats = 1 if rng.random() < 0.75 else rng.randint(2, 4)
+        records += [f"{key}:{random_value(rng, taken_values)}" for _ in range(repeats)]
+    rng.shuffle(records)
+    while sum(len(r) + 1 for r in records) > context_length + 1:
+        records.pop()
+    return scatter(rng, records, context_length, "many")
+
+
+def _context_dense(rng: random.Random, context_length: int, max_keys: int) -> str:
+    """2..``max_keys`` ``key:value`` lines and nothing else (a short ``kv_retrieval``)."""
+    count = max(1, min(rng.randint(2, max_keys), (context_length + 1) // 10))
+    taken_keys: set[str] = set()
+    taken_values: set[str] = set()
+    return "\n".join(
+        f"{random_word(rng, taken_keys)}:{random_value(rng, taken_values)}" for _ in range(count)
+    )
+
+
+def _context(rng: random.Random, kind: str, context_length: int, max_keys: int) -> str:
+    if kind == "dense":
+        return _context_dense(rng, context_length, max_keys)
+    if kind != "many":
+        try:
+            return GENERATORS[kind](rng, context_length).context
+        except ValueError:  # too short for this task
+            pass
+    return _context_many(rng, context_length, max_keys)
+
+
+def _questions(
+    rng: random.Random, context: str, max_queries: int, multi_key_prob: float
+) -> list[tuple[str, str]]:
+    """(question, answer) pairs asking about the keys of ``context``, each key at most once."""
+    values: dict[str, list[str]] = {}
+    for key, value in _RECORD.findall(context):
+        values.setdefault(key, []).append(value)
+    keys = list(values)
+    rng.shuffle(keys)
+    keys = keys[:max_queries]
+    out = []
+    while keys:
+        group = 1
+        if rng.random() < multi_key_prob:
+            group = rng.randint(2, 4)
+        chosen = [keys.pop()]
+        # Several keys in one question only among single-valued keys (as in niah_multiquery).
+        while len(chosen) < group and keys and len(values[keys[-1]]) == 1 and len(values[chosen[0]]) == 1:
+            chosen.append(keys.pop())
+        answer = " ".join(v for k in chosen for v in values[k])
+        out.append((key_question(chosen), answer))
+    return out
+
+
+def make_row(
+    rng: random.Random, cfg: TrainConfig, stage: dict[str, Any], context_length: int, tokenizer: ByteTokenizer
+) -> Row:
+    kinds, weights = zip(*stage["kinds"].items())
+    kind = rng.choices(kinds, weights)[0]
+    context = _context(rng, kind, context_length, stage["max_keys"])
+    ids = tokenizer.encode(context, add_special_tokens=True)
+    labels = [IGNORE] * len(ids)
+    spans = []
+    for i, (question, answer) in enumerate(_questions(rng, context, cfg.max_queries, cfg.multi_key_prob)):
+        # After the first question, the newline ending the previous answer starts this question.
+        q = tokenizer.encode(question if i == 0 else question[1:])
+        ids += q
+        labels += [IGNORE] * len(q)
+        # The answer and the newline that ends it (the next question's "\n", or a final one).
+        a = tokenizer.encode(answer + "\n")
+        spans.append((len(ids), len(ids) + len(a)))
+        ids += a
+        labels += a
+    return Row(ids, labels, spans)
+
+
+def make_batch(rng: random.Random, cfg: TrainConfig, stage: dict[str, Any], tokenizer: ByteTokenizer):
+    """A batch of about ``stage["batch_tokens"]`` tokens, rows of one context length (a quarter of
+    the batches anywhere in the stage's range, the rest in its upper half), right-padded (padding
+    is after every real token of a row, so causal attention needs no mask)."""
+    low, high = stage["min_context"], stage["context"]
+    if rng.random() >= 0.25:
+        low = max(low, high // 2)
+    context_length = rng.randint(low, high)
+    rows = []
+    tokens = 0
+    while tokens < stage["batch_tokens"] or not rows:
+        row = make_row(rng, cfg, stage, context_length, tokenizer)
+        rows.append(row)
+        tokens += len(row.ids)
+    width = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    qid = torch.full((len(rows), width), -1, dtype=torch.long)
+    n = 0
+    for b, row in enumerate(rows):
+        ids[b, : len(row.ids)] = torch.tensor(row.ids)
+        labels[b, : len(row.labels)] = torch.tensor(row.labels)
+        for start, end in row.spans:
+            qid[b, start:end] = n
+            n += 1
+    return ids, labels, qid, n, context_length
+
+
+def answer_exact_match(logits: torch.Tensor, labels: torch.Tensor, qid: torch.Tensor, n: int) -> float:
+    """Fraction of answers whose every token is the argmax (teacher forced)."""
+    pred = logits[:, :-1].argmax(-1)
+    target, q = labels[:, 1:], qid[:, 1:]
+    wrong = ((pred != target) & (target != IGNORE)).long()
+    per_query = torch.zeros(n, dtype=torch.long).scatter_add_(0, q[q >= 0], wrong[q >= 0])
+    return float((per_query == 0).float().mean()) if n else 0.0
+
+
+# -- schedule and curriculum ---------------------------------------------------------------
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """Warmup-stable-decay: linear warmup, constant peak (plateaus end while the rate is high),
+    cosine decay to ``min_lr_ratio * lr`` over the last ``decay_fraction`` of the steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_start = int(total * (1 - cfg.decay_fraction))
+    if step < decay_start:
+        return cfg.lr
+    progress = min(1.0, (step - decay_start) / max(1, total - decay_start))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class Curriculum:
+    stage: int = 0
+    stage_start: int = 0
+    ema: float = 0.0
+    transitions: list[dict] = field(default_factory=list)
+
+    def update(self, cfg: TrainConfig, stage_steps: list[int], step: int, exact_match: float) -> None:
+        self.ema = 0.9 * self.ema + 0.1 * exact_match
+        if self.stage >= len(cfg.stages) - 1:
+            return
+        in_stage = step + 1 - self.stage_start
+        ready = in_stage >= cfg.min_stage_steps and self.ema >= cfg.advance_at
+        capped = step + 1 >= sum(stage_steps[: self.stage + 1])
+        if ready or capped:
+            self.stage += 1
+            self.stage_start = step + 1
+            self.transitions.append(
+                {
+                    "step": step + 1,
+                    "to_context": cfg.stages[self.stage]["context"],
+                    "reason": "accuracy" if ready else "step cap",
+                    "ema_exact_match": round(self.ema, 4),
+                }
+            )
+            self.ema = 0.0
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+def _timed_steps(model, cfg: TrainConfig, tokenizer: ByteTokenizer) -> dict[int, float]:
+    """Seconds per step (forward + backward) in each stage, on a copy of the model."""
+    probe = copy.deepcopy(model)
+    rng = random.Random("depthkv-train/probe")
+    seconds = {}
+    for index, stage in enumerate(cfg.stages):
+        times = []
+        for _ in range(3):
+            ids, labels, _, _, _ = make_batch(rng, cfg, stage, tokenizer)
+            start = time.perf_counter()
+            probe(input_ids=ids, labels=labels).loss.backward()
+            times.append(time.perf_counter() - start)
+            probe.zero_grad(set_to_none=True)
+        seconds[index] = sum(times[1:]) / 2
+    return seconds
+
+
+def plan_steps(seconds: dict[int, float], cfg: TrainConfig, minutes: float) -> tuple[int, list[int]]:
+    """(total steps, most steps of each stage but the last) that fit in ``minutes`` when each stage
+    takes its ``time_shares`` share (8% added to the probed step time for data and optimizer).
+
+    A stage that reaches its accuracy early hands its steps to later, costlier stages, so a run
+    can take longer than planned; the training loop stops at 1.3 x the budget."""
+    shares = [*cfg.time_shares, 1 - sum(cfg.time_shares)]
+    steps = [max(1, int(share * minutes * 60 / (seconds[i] * 1.08))) for i, share in enumerate(shares)]
+    return max(cfg.warmup_steps + 10, sum(steps)), steps[:-1]
+
+
+def default_stage_steps(cfg: TrainConfig, total: int) -> list[int]:
+    """Stage step caps for a run given by ``--steps`` alone: the time shares, as shares of steps."""
+    return [max(1, int(share * total)) for share in cfg.time_shares]
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False, log=print) -> dict:
+    torch.set_num_threads(cfg.threads)
+    tokenizer = ByteTokenizer()
+    preset = PRESETS[cfg.name]
+    model = new_model(preset, cfg.seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
+    rng = random.Random(f"depthkv-train/{cfg.name}/{cfg.seed}")
+    curriculum = Curriculum()
+    ckpt_path = work_dir / "checkpoint.pt"
+    step, elapsed, history = 0, 0.0, []
+    probe_seconds = None
+    stage_steps = list(cfg.stage_steps) if cfg.stage_steps is not None else None
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate(state["rng"])
+        curriculum = Curriculum(**state["curriculum"])
+        step, elapsed, history, total = state["step"], state["elapsed"], state["history"], state["total"]
+        probe_seconds, stage_steps = state["probe_seconds"], state["stage_steps"]
+        log(f"resumed at step {step}/{total} ({elapsed / 60:.1f} min trained)")
+    elif cfg.steps is not None:
+        total = cfg.steps
+        stage_steps = stage_steps or default_stage_steps(cfg, total)
+    else:
+        probe_seconds = _timed_steps(model, cfg, tokenizer)
+        total, planned = plan_steps(probe_seconds, cfg, cfg.minutes)
+        stage_steps = stage_steps or planned
+        log(f"probe seconds/step by stage {probe_seconds} -> {total} steps, stage caps {stage_steps}")
+    if len(stage_steps) != len(cfg.stages) - 1:
+        raise ValueError(f"need {len(cfg.stages) - 1} stage step caps, got {stage_steps}")
+    model.train()
+    limit = cfg.minutes * 60 * 1.3 if cfg.minutes is not None and cfg.steps is None else float("inf")
+    last_ckpt = time.perf_counter()
+    window: list[dict] = []
+    stopped_early = False
+    while step < total:
+        if cfg.stop_at is not None and step >= cfg.stop_at:
+            stopped_early = True
+            log(f"stopping at step {step}/{total} (--stop-at)")
+            break
+        if elapsed > limit:
+            stopped_early = True
+            log(f"time limit (1.3 x budget) reached at step {step}/{total}")
+            break
+        started = time.perf_counter()
+        ids, labels, qid, n, context_length = make_batch(rng, cfg, cfg.stages[curriculum.stage], tokenizer)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step, total)
+        out = model(input_ids=ids, labels=labels)
+        out.loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        exact = answer_exact_match(out.logits.detach(), labels, qid, n)
+        curriculum.update(cfg, stage_steps, step, exact)
+        step += 1
+        elapsed += time.perf_counter() - started
+        window.append(
+            {
+                "loss": float(out.loss.detach()),
+                "em": exact,
+                "tokens": ids.numel(),
+                "grad_norm": grad_norm,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        if step % 10 == 0 or step == total:
+            record = {
+                "step": step,
+                "elapsed_s": round(elapsed, 1),
+                "stage_context": cfg.stages[curriculum.stage]["context"],
+                "context_length": context_length,
+                "lr": round(lr_at(cfg, step - 1, total), 6),
+                "loss": round(sum(w["loss"] for w in window) / len(window), 4),
+                "exact_match": round(sum(w["em"] for w in window) / len(window), 4),
+                "grad_norm": round(sum(w["grad_norm"] for w in window) / len(window), 3),
+                "tokens_per_s": round(sum(w["tokens"] for w in window) / sum(w["seconds"] for w in window)),
+            }
+            history.append(record)
+            window = []
+            log(json.dumps(record))
+        if time.perf_counter() - last_ckpt > 120 or step == total:
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng.getstate(),
+                    "curriculum": asdict(curriculum),
+                    "step": step,
+                    "elapsed": elapsed,
+                    "history": history,
+                    "total": total,
+                    "probe_seconds": probe_seconds,
+                    "stage_steps": stage_steps,
+                    "config": asdict(cfg),
+                },
+            )
+            last_ckpt = time.perf_counter()
+    model.eval()
+    save_model(model, tokenizer, out_dir)
+    import transformers
+
+    summary = {
+        "name": cfg.name,
+        "architecture": model.config.architectures[0] if model.config.architectures else type(model).__name__,
+        "preset": preset,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "config": asdict(cfg),
+        "seed": cfg.seed,
+        "steps_planned": total,
+        "steps": step,
+        "stopped_early": stopped_early,
+        "probe_seconds_per_step": probe_seconds,
+        "schedule": {
+            "optimizer": "AdamW",
+            "lr": cfg.lr,
+            "warmup_steps": cfg.warmup_steps,
+            "decay": f"warmup-stable-decay: constant, cosine over the last {cfg.decay_fraction:.0%} of steps",
+            "min_lr": cfg.lr * cfg.min_lr_ratio,
+            "weight_decay": cfg.weight_decay,
+            "betas": list(cfg.betas),
+            "grad_clip": cfg.grad_clip,
+            "batch_tokens": [stage["batch_tokens"] for stage in cfg.stages],
+        },
+        "curriculum": {
+            "stages": [dict(stage) for stage in cfg.stages],
+            "stage_steps": stage_steps,
+            "advance_at": cfg.advance_at,
+            "transitions": curriculum.transitions,
+        },
+        "wall_time_s": round(elapsed, 1),
+        "final": history[-1] if history else None,
+        "history": history,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "machine": {"cpu_threads": cfg.threads, "cpus": os.cpu_count(), "platform": platform.platform()},
+        "command": " ".join(["python", "-m", "depthkv.models.train", *sys.argv[1:]]),
+        "reproduce": (
+            f"python -m depthkv.models.train --name {cfg.name} --seed {cfg.seed} --lr {cfg.lr} "
+            f"--threads {cfg.threads} --steps {total} --stage-steps {' '.join(map(str, stage_steps))}"
+            + (f" --stop-at {step}" if step < total else "")
+        ),
+    }
+    (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def save_model(model, tokenizer: ByteTokenizer, out_dir: Path) -> None:
+    """config.json + model.safetensors (transformers 5 always writes safetensors) + tokenizer."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.do_sample = False
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    weights = out_dir / "model.safetensors"
+    if not weights.is_file():
+        raise RuntimeError(f"save_pretrained wrote no model.safetensors into {out_dir}")
+    weights.chmod(0o644)  # safetensors writes 0600; package data must be readable by every user
+
+
+# -- evaluation ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def greedy_continuation(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """Greedy decode with the full KV cache: ``<s>`` + prompt, then ``max_new_tokens`` tokens."""
+    from transformers import DynamicCache
+
+    from depthkv.apply import cache_kwarg
+
+    ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=True)], device=model.device)
+    cache = {cache_kwarg(model): DynamicCache(config=model.config)}
+    out = model(input_ids=ids, use_cache=True, **cache)
+    generated = []
+    token = out.logits[:, -1].argmax(-1, keepdim=True)
+    for i in range(max_new_tokens):
+        generated.append(int(token))
+        if i == max_new_tokens - 1:
+            break
+        out = model(input_ids=token, use_cache=True, **cache)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+    return tokenizer.decode(generated)
+
+
+def evaluate(model, tokenizer, tasks, lengths, n: int, seed: int = 0, log=print) -> dict:
+    """Full-cache greedy accuracy per task and context length on the evaluation split."""
+    cells = {}
+    for length in lengths:
+        for task in tasks:
+            try:
+                workload = builtin_workload(
+                    [task], n_per_task=n, context_length=length, split="evaluation", seed=seed
+                )
+            except ValueError as err:
+                log(f"skip {task} @ {length}: {err}")
+                continue
+            scores = []
+            for ex in workload:
+                prediction = greedy_continuation(
+                    model, tokenizer, ex.prompt, len(tokenizer.encode(ex.answer)) + 2
+                )
+                scores.append(score(ex, prediction))
+            cells[f"{task}@{length}"] = {
+                "task": task,
+                "context_length": length,
+                "n": len(scores),
+                "accuracy": sum(scores) / len(scores),
+                "scores": scores,
+            }
+            log(f"{task:18s} {length:5d}  {sum(scores) / len(scores):.3f}")
+    return cells
+
+
+def learned_tasks(cells: dict, length: int, threshold: float = 0.8) -> list[str]:
+    """Tasks whose full-cache accuracy at ``length`` reaches ``threshold``."""
+    return [c["task"] for c in cells.values() if c["context_length"] == length and c["accuracy"] >= threshold]
+
+
+def write_card(out_dir: Path, evaluation: dict) -> None:
+    training = json.loads((out_dir / "training.json").read_text(encoding="utf-8"))
+    config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+    cells = evaluation["cells"]
+    lengths = evaluation["lengths"]
+    tasks = evaluation["tasks"]
+    trained = evaluation["trained_length"]
+    learned = evaluation["learned_tasks"]
+    sizes = {
+        p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file() and p.name != "README.md"
+    }
+    head = config["hidden_size"] // config["num_attention_heads"]
+    lines = [
+        f"# {training['name']}",
+        "",
+        f"A tiny byte-level `{training['architecture']}` trained on this project's synthetic long-context",
+        "retrieval tasks, so that its layers take on different jobs and depthkv's per-layer calibration",
+        "measures something real. Not a language model: it reads and answers the `depthkv.tasks` formats.",
+        "",
+        "Load it offline with `model, tokenizer = depthkv.load_model(" + repr(training["name"]) + ")`.",
+        "",
+        "## Architecture",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| class | `{training['architecture']}` (`model_type={config['model_type']}`), attention `sdpa` |",
+        f"| layers | {config['num_hidden_layers']} |",
+        f"| hidden size | {config['hidden_size']} (MLP {config['intermediate_size']}) |",
+        f"| attention heads | {config['num_attention_heads']} query : {config['num_key_value_heads']} KV (GQA), head dim {head} |",
+        f"| vocabulary | {config['vocab_size']} (ByteTokenizer's 259 ids: bytes, `<pad>`=256, `<s>`=257, `</s>`=258; rest unused) |",
+        f"| positions | RoPE, max_position_embeddings {config['max_position_embeddings']} |",
+        f"| parameters | {training['parameters']:,} (untied embeddings), stored fp32 |",
+        "",
+        "Files: "
+        + ", ".join(f"`{k}` ({v / 1e6:.2f} MB)" if v > 1e5 else f"`{k}`" for k, v in sizes.items())
+        + ".",
+        "",
+        "## Training",
+        "",
+        "Script: `depthkv/models/train.py`, run as `" + training["command"] + "`; full record (config, losses"
+        " every 10 steps, curriculum transitions) in `training.json`. Exact replay:",
+        "",
+        "    " + training["reproduce"],
+        "",
+        "- Data: generated on the fly in the exact text format of `depthkv.tasks` (no download): contexts from",
+        "  the task generators `niah_single`, `niah_multikey`, `niah_multivalue`, `niah_multiquery`,",
+        "  `kv_retrieval` (seeds from a training stream unrelated to the calibration/evaluation splits), plus",
+        '  "dense" rows (2 to max_keys `key:value` lines, no filler) and "many" rows (1 to max_keys keys in',
+        "  filler, a quarter of them written 2-4 times), with words and filler from `depthkv.tasks.text`.",
+        "- Multi-query dense supervision: after each context, questions about (nearly) every key in the",
+        "  tasks' prompt form (`\\n?key:` or `\\n?k1 k2 ...:`), each followed by its answer; the loss is only on",
+        "  answer tokens and the newline ending each answer.",
+        "- Curriculum (context length in characters, max keys, row kinds): "
+        + "; ".join(
+            f"{stage['min_context']}-{stage['context']}, {stage['max_keys']} keys, "
+            + ", ".join(f"{k} {w:g}" for k, w in stage["kinds"].items())
+            for stage in training["curriculum"]["stages"]
+        ),
+        f"  (advance when the teacher-forced answer exact match EMA >= {training['curriculum']['advance_at']},",
+        "  or at a stage's step cap); transitions: "
+        + "; ".join(
+            f"step {t['step']} -> {t['to_context']} ({t['reason']})"
+            for t in training["curriculum"]["transitions"]
+        )
+        + ".",
+        f"- AdamW lr {training['schedule']['lr']}, {training['schedule']['warmup_steps']} warmup steps, constant,"
+        f" cosine to {training['schedule']['min_lr']:.1e} over the last {training['config']['decay_fraction']:.0%}"
+        f" of the steps, weight decay {training['schedule']['weight_decay']}, grad clip"
+        f" {training['schedule']['grad_clip']}, about {'/'.join(map(str, training['schedule']['batch_tokens']))}"
+        " tokens per batch by stage, fp32.",
+        f"- {training['steps']} steps in {training['wall_time_s'] / 60:.1f} minutes on {training['machine']['cpu_threads']}"
+        f" CPU thread(s) (a 2-core VM shared with other work), seed {training['seed']};"
+        f" torch {training['versions']['torch']}, transformers {training['versions']['transformers']}.",
+        f"- Final training batches: answer loss {training['final']['loss']}, teacher-forced answer exact match"
+        f" {training['final']['exact_match']} (context {training['final']['stage_context']}).",
+        "",
+        "## Full-cache accuracy (measured)",
+        "",
+        "Greedy decoding with the full KV cache of `<s>` + prompt, `len(answer) + 2` new tokens, scored by",
+        "`depthkv.tasks.score` (exact match; recall of items for multi-item tasks), on",
+        f'`builtin_workload([task], n_per_task={evaluation["n"]}, context_length=L, split="evaluation", seed={evaluation["seed"]})`.',
+        f"n = {evaluation['n']} examples per cell. Per-example scores are in `evaluation.json`.",
+        "",
+        "| task | " + " | ".join(f"L={length}" for length in lengths) + " |",
+        "|---|" + "---:|" * len(lengths),
+    ]
+    for task in tasks:
+        row = []
+        for length in lengths:
+            cell = cells.get(f"{task}@{length}")
+            row.append(f"{cell['accuracy']:.3f}" if cell else "n/a")
+        lines.append(f"| {task} | " + " | ".join(row) + " |")
+    means = []
+    for length in lengths:
+        values = [cells[f"{t}@{length}"]["accuracy"] for t in DEFAULT_TASKS if f"{t}@{length}" in cells]
+        means.append(f"**{sum(values) / len(values):.3f}**" if values else "n/a")
+    lines.append("| mean of default retrieval tasks | " + " | ".join(means) + " |")
+    not_learned = [t for t in tasks if t not in learned]
+    lines += [
+        "",
+        f"Learned (accuracy >= {evaluation['learned_threshold']} at the trained length L={trained}): "
+        + (", ".join(f"`{t}`" for t in learned) or "none")
+        + ".",
+        "",
+        "Not learned: "
+        + (", ".join(f"`{t}`" for t in not_learned) or "none")
+        + ". "
+        + "Tasks outside the default retrieval set (`variable_tracking`, `common_words`, `frequent_words`) are"
+        " not in the training data at all; their rows show what an untrained format gives. Leave not-learned"
+        " tasks out of workloads for this model.",
+        "",
+        "## Intended use",
+        "",
+        "Test and demo model for depthkv: calibration, allocation and the budget-aware cache/kernels on a CPU.",
+        "Its accuracy numbers are about these synthetic tasks only.",
+        "",
+    ]
+    (out_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def run_evaluation(
+    name: str, out_dir: Path, lengths, n: int, trained_length: int, threshold: float, log=print
+):
+    from depthkv.models import load_model
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_model(str(out_dir))
+    started = time.perf_counter()
+    cells = evaluate(model, tokenizer, list(TASKS), lengths, n, log=log)
+    evaluation = {
+        "name": name,
+        "split": "evaluation",
+        "seed": 0,
+        "n": n,
+        "lengths": list(lengths),
+        "tasks": list(TASKS),
+        "trained_length": trained_length,
+        "learned_threshold": threshold,
+        "learned_tasks": learned_tasks(cells, trained_length, threshold),
+        "decode": "greedy, full cache, <s> + prompt, len(answer)+2 new tokens",
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "cells": cells,
+    }
+    (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1) + "\n", encoding="utf-8")
+    write_card(out_dir, evaluation)
+    return evaluation
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m depthkv.models.train", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--name", required=True, choices=sorted(PRESETS))
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="exact number of optimizer steps (reproducible)")
+    budget.add_argument("--minutes", type=float, help="wall-clock budget, turned into a step count")
+    parser.add_argument("--stop-at", type=int, help="with --steps: stop after this many steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core VM)"
+    )
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument(
+        "--time-shares",
+        type=float,
+        nargs="+",
+        help=f"with --minutes: planned share of the time for each stage but the last (default {TrainConfig.time_shares})",
+    )
+    parser.add_argument(
+        "--stage-steps", type=int, nargs="+", help="most steps of each stage but the last (default: planned)"
+    )
+    parser.add_argument("--out", type=Path, help="model folder (default: depthkv/models/<name>)")
+    parser.add_argument("--work-dir", type=Path, help="checkpoints (default: /tmp/depthkv-train/<name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the work dir's checkpoint")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate and write the card")
+    parser.add_argument("--no-eval", action="store_true", help="train only")
+    parser.add_argument("--eval-n", type=int, default=24)
+    parser.add_argument("--eval-lengths", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--learned-threshold", type=float, default=0.8)
+    args = parser.parse_args(argv)
+    out_dir = args.out or MODELS_DIR / args.name
+    work_dir = args.work_dir or Path("/tmp/depthkv-train") / args.name
+
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    if not args.eval_only:
+        if args.steps is None and args.minutes is None:
+            parser.error("give --steps or --minutes")
+        cfg = TrainConfig(
+            name=args.name,
+            seed=args.seed,
+            steps=args.steps,
+            minutes=args.minutes,
+            lr=args.lr,
+            stage_steps=tuple(args.stage_steps) if args.stage_steps else None,
+            stop_at=args.stop_at,
+            **({"time_shares": tuple(args.time_shares)} if args.time_shares else {}),
+            threads=args.threads,
+        )
+        train(cfg, out_dir, work_dir, resume=args.resume, log=log)
+    if not args.no_eval:
+        trained_length = STAGES[-1]["context"]
+        run_evaluation(
+            args.name, out_dir, args.eval_lengths, args.eval_n, trained_length, args.learned_threshold, log
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The `depthkv` command: demo --quick end to end on the embedded default, calibrate/allocate subcommands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from depthkv.cli import main
+from depthkv.tasks import ByteTokenizer
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    )
+    path = tmp_path_factory.mktemp("ckpt")
+    tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    ByteTokenizer().save_pretrained(path)
+    return path
+
+
+def test_demo_quick_writes_every_report_file(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    for name in ("profile.json", "results.json", "report.md", "sensitivity.png", "budgets.png",
+                 "accuracy_vs_budget.png", "plan-uniform.json", "plan-pyramid.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert not (out / "profile.partial.json").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert {"full", "uniform@0.2", "pyramid@0.2", "depthkv-proportional@0.2"} <= set(results["methods"])
+    printed = capsys.readouterr().out
+    assert "permutation test p =" in printed and "acc@0.2" in printed
+
+
+def test_calibrate_and_allocate_commands(checkpoint, tmp_path):
+    from depthkv.tasks import builtin_workload, save_jsonl
+
+    wl = builtin_workload(["niah_single"], n_per_task=2, context_length=150)
+    data = tmp_path / "wl.jsonl"
+    save_jsonl(wl.examples, data)
+    profile = tmp_path / "profile.json"
+    assert main(["calibrate", "--model", str(checkpoint), "--workload", str(data), "--out", str(profile)]) == 0
+    plan = tmp_path / "plan.json"
+    assert main(["allocate", str(profile), "--budget", "0.3", "--strategy", "rank", "--out", str(plan)]) == 0
+    assert json.loads(plan.read_text())["strategy"] == "rank"
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["allocate", str(tmp_path / "missing.json"), "--budget", "0.2", "--out", str(tmp_path / "p")]) == 2
+    assert "does not exist" in capsys.readouterr().err
