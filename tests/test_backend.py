@@ -210,3 +210,15 @@ def test_static_cache_without_backend_is_an_error(llama):
     cache = StaticBudgetCache.for_model(llama, plan, max_len=64)
     with pytest.raises(Exception, match="did not rewrite"):
         compiled(_batch(1)[0], cache=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_embedded_models_compile_and_match_eager(name):
+    model, _ = depthkv.load_model(name)
+    n = depthkv.fingerprint(model).num_layers
+    plan = depthkv.plan_from_budgets(model, [12 + 3 * i for i in range(n)])
+    ids = torch.randint(0, 256, (1, PROMPT), generator=torch.Generator().manual_seed(3))
+    ref = eager_reference(model, plan, ids, None)
+    tokens, logits, _, be = compiled_run(model, plan, ids, None, inner="eager")
+    assert all(len(r.rewritten) == n for r in be.reports)
+    assert_equivalent(ref, (tokens, logits))
