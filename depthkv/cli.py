@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEMO_BUDGETS = (0.05, 0.1, 0.2, 0.3)
+DEMO_BUDGETS = (0.1, 0.2, 0.3)
 QUICK_BUDGETS = (0.1, 0.2)
 
 
@@ -120,7 +120,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         strategies, ablation = ("proportional", "greedy"), [args.budget, 0.5]
         n_perm = 999
     else:
-        n_calib, n_eval, budgets = args.n_calib or 8, args.n_eval or 16, list(DEMO_BUDGETS)
+        n_calib, n_eval, budgets = args.n_calib or 8, args.n_eval or 12, list(DEMO_BUDGETS)
         strategies, ablation = ("proportional", "softmax", "rank", "greedy"), [args.budget, 0.1, 0.5]
         n_perm = 10_000
     budgets = list(args.budgets or budgets)
