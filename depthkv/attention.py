@@ -10,6 +10,8 @@ layer its own correct mask whatever its budget and whichever tokens it kept.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -36,6 +38,18 @@ def register() -> None:
 
     AttentionInterface.register(IMPL_NAME, depthkv_attention)
     AttentionMaskInterface.register(IMPL_NAME, depthkv_mask)
+
+
+@contextmanager
+def depthkv_attention_enabled(model: Any) -> Iterator[None]:
+    """Within the block ``model`` uses the ``depthkv`` attention implementation; restored after."""
+    register()
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(IMPL_NAME)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
 
 
 def as_bool_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .apply import cache_kwarg
-from .attention import IMPL_NAME, register
+from .attention import depthkv_attention_enabled
 from .cache import BudgetCache
 from .fingerprint import fingerprint
 from .policies import PolicyConfig
@@ -80,6 +80,21 @@ def _encode(tokenizer: Any, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def encode_example(
+    tokenizer: Any, context: str, question: str, answer: str, compress: str
+) -> tuple[list[int], list[int], list[int]]:
+    """Token ids ``(prefilled and compressed, sent after compression, answer)`` for one example.
+
+    ``compress="context"`` prefills the context (with special tokens) and sends the question after;
+    ``"prompt"`` prefills context + question and sends nothing before the answer.
+    """
+    if compress == "context":
+        ctx, rest = _encode(tokenizer, context, True), _encode(tokenizer, question, False)
+    else:
+        ctx, rest = _encode(tokenizer, context + question, True), []
+    return ctx, rest, _encode(tokenizer, answer, False)
+
+
 def _resolve_budget(budget: float | int, context_tokens: int, floor: int) -> int:
     tokens = int(round(budget * context_tokens)) if isinstance(budget, float) else int(budget)
     return max(tokens, floor)
@@ -110,12 +125,7 @@ class _Example:
     def __init__(self, runner: _Runner, item: _Item):
         self.runner = runner
         self.item = item
-        tok = runner.tokenizer
-        if runner.compress == "context":
-            ctx, rest = _encode(tok, item.context, True), _encode(tok, item.question, False)
-        else:
-            ctx, rest = _encode(tok, item.context + item.question, True), []
-        answer = _encode(tok, item.answer, False)
+        ctx, rest, answer = encode_example(runner.tokenizer, item.context, item.question, item.answer, runner.compress)
         if not ctx:
             raise ValueError("an example's context encodes to no tokens")
         self.ctx_ids = torch.tensor([ctx], device=runner.device)
@@ -306,14 +316,11 @@ def calibrate(
             settings=settings,
         )
 
-    register()
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(IMPL_NAME)
     runner = _Runner(model, tokenizer, metric, pol, compress, reuse, scorer, extra_tokens)
     todo = items[len(rows) :]
     bar = tqdm(total=len(todo) * fp.num_layers * len(budgets), desc="calibrate", unit="ablation", disable=not progress)
     try:
-        with torch.inference_mode():
+        with depthkv_attention_enabled(model), torch.inference_mode():
             for item in todo:
                 ex = _Example(runner, item)
                 row = np.zeros((len(budgets), fp.num_layers))
@@ -329,7 +336,6 @@ def calibrate(
                     snapshot(False).save(checkpoint)
     finally:
         bar.close()
-        model.set_attn_implementation(previous)
     profile = snapshot(True)
     profile.stats = compute_stats(profile, n_permutations=n_permutations, seed=seed)
     if checkpoint:

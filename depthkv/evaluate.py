@@ -17,8 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .apply import cache_kwarg
-from .attention import IMPL_NAME, register
+from .attention import depthkv_attention_enabled
 from .cache import BudgetCache
+from .calibrate import _encode, encode_example
 from .fingerprint import fingerprint
 from .policies import PolicyConfig
 from .profile import Plan
@@ -57,10 +58,6 @@ def _ci(values: np.ndarray, confidence: float, seed: int) -> dict[str, float]:
         return {"mean": v, "low": v, "high": v}
     mean, low, high = bootstrap_mean_ci(values, confidence=confidence, n_resamples=2000, seed=seed)
     return {"mean": mean, "low": low, "high": high}
-
-
-def _encode(tokenizer: Any, text: str, special: bool) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"]) if text else []
 
 
 class _Generator:
@@ -130,21 +127,15 @@ def evaluate(
         policies.setdefault(repr(pol), pol)
     gen = _Generator(model, tokenizer, extra_tokens, stop_at_newline)
     results = {name: MethodResult(name, [], []) for name in methods}
-    register()
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(IMPL_NAME)
     bar = tqdm(total=len(examples) * len(methods), desc="evaluate", unit="run", disable=not progress)
     try:
-        with torch.inference_mode():
+        with depthkv_attention_enabled(model), torch.inference_mode():
             for ex in examples:
                 get = ex.get if isinstance(ex, dict) else (lambda k, _e=ex: getattr(_e, k, None))
                 context, question, answer = get("context"), get("question"), get("answer")
                 task = get("task") or "custom"
-                if compress == "context":
-                    ctx, prefix = _encode(tokenizer, context, True), _encode(tokenizer, question, False)
-                else:
-                    ctx, prefix = _encode(tokenizer, context + question, True), []
-                n_answer = len(_encode(tokenizer, answer, False))
+                ctx, prefix, answer_ids = encode_example(tokenizer, context, question, answer, compress)
+                n_answer = len(answer_ids)
                 recorded = {}
                 for key, pol in policies.items():
                     cache = BudgetCache([None] * n_layers, pol, record=True)
@@ -164,7 +155,6 @@ def evaluate(
                     bar.update(1)
     finally:
         bar.close()
-        model.set_attn_implementation(previous)
     return results
 
 
