@@ -126,6 +126,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
     threads: int = 1
+    device: str = "cpu"  # "cuda" trains on a GPU (same data stream and steps; float rounding differs)
+    batch_scale: int = 1  # multiplies every stage's batch_tokens (a GPU has room for far bigger batches)
     stages: tuple[dict[str, Any], ...] = STAGES
     # Most steps each stage but the last may take (it ends earlier once its accuracy is reached;
     # the steps it leaves go to the later stages). ``None``: planned from ``time_shares``.
@@ -273,7 +275,7 @@ def make_batch(rng: random.Random, cfg: TrainConfig, stage: dict[str, Any], toke
     context_length = rng.randint(low, high)
     rows = []
     tokens = 0
-    while tokens < stage["batch_tokens"] or not rows:
+    while tokens < stage["batch_tokens"] * cfg.batch_scale or not rows:
         row = make_row(rng, cfg, stage, context_length, tokenizer)
         rows.append(row)
         tokens += len(row.ids)
@@ -296,7 +298,9 @@ def answer_exact_match(logits: torch.Tensor, labels: torch.Tensor, qid: torch.Te
     pred = logits[:, :-1].argmax(-1)
     target, q = labels[:, 1:], qid[:, 1:]
     wrong = ((pred != target) & (target != IGNORE)).long()
-    per_query = torch.zeros(n, dtype=torch.long).scatter_add_(0, q[q >= 0], wrong[q >= 0])
+    per_query = torch.zeros(n, dtype=torch.long, device=wrong.device).scatter_add_(
+        0, q[q >= 0], wrong[q >= 0]
+    )
     return float((per_query == 0).float().mean()) if n else 0.0
 
 
@@ -346,9 +350,15 @@ class Curriculum:
 # -- training ------------------------------------------------------------------------------
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _timed_steps(model, cfg: TrainConfig, tokenizer: ByteTokenizer) -> dict[int, float]:
     """Seconds per step (forward + backward) in each stage, on a copy of the model."""
     probe = copy.deepcopy(model)
+    device = next(probe.parameters()).device
     rng = random.Random("depthkv-train/probe")
     seconds = {}
     for index, stage in enumerate(cfg.stages):
@@ -356,7 +366,8 @@ def _timed_steps(model, cfg: TrainConfig, tokenizer: ByteTokenizer) -> dict[int,
         for _ in range(3):
             ids, labels, _, _, _ = make_batch(rng, cfg, stage, tokenizer)
             start = time.perf_counter()
-            probe(input_ids=ids, labels=labels).loss.backward()
+            probe(input_ids=ids.to(device), labels=labels.to(device)).loss.backward()
+            _sync(device)
             times.append(time.perf_counter() - start)
             probe.zero_grad(set_to_none=True)
         seconds[index] = sum(times[1:]) / 2
@@ -386,11 +397,62 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+# Settings a resumed run must share with the run that wrote the checkpoint (the step budget,
+# threads and device may change: a run cut on the CPU can finish on a GPU).
+_RESUME_FIELDS = (
+    "name",
+    "seed",
+    "lr",
+    "min_lr_ratio",
+    "decay_fraction",
+    "warmup_steps",
+    "weight_decay",
+    "betas",
+    "grad_clip",
+    "stages",
+    "advance_at",
+    "min_stage_steps",
+    "max_queries",
+    "multi_key_prob",
+    "batch_scale",
+)
+
+
+def resume_mismatch(saved: dict, cfg: TrainConfig) -> list[str]:
+    """``"field: checkpoint X, now Y"`` for each setting that differs from the checkpoint's."""
+    now = asdict(cfg)
+    return [
+        f"{name}: checkpoint {saved.get(name)!r}, now {now[name]!r}"
+        for name in _RESUME_FIELDS
+        if _plain(saved.get(name)) != _plain(now[name])
+    ]
+
+
+def _plain(value):
+    """Tuples as lists, recursively (a config read back from JSON has lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def resolve_device(name: str) -> torch.device:
+    """The training device; a clear error when CUDA is asked for but absent."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch build or machine has no CUDA device; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: expected cpu or cuda[:N]")
+    return device
+
+
 def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False, log=print) -> dict:
+    device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
     tokenizer = ByteTokenizer()
     preset = PRESETS[cfg.name]
-    model = new_model(preset, cfg.seed)
+    model = new_model(preset, cfg.seed).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -405,7 +467,13 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
     probe_seconds = None
     stage_steps = list(cfg.stage_steps) if cfg.stage_steps is not None else None
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=False, map_location=device)
+        mismatch = resume_mismatch(state["config"], cfg)
+        if mismatch:
+            raise ValueError(
+                f"{ckpt_path} was written with other settings ({'; '.join(mismatch)}); resume with "
+                "the same settings, or give another --work-dir to start afresh"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
@@ -439,6 +507,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
             break
         started = time.perf_counter()
         ids, labels, qid, n, context_length = make_batch(rng, cfg, cfg.stages[curriculum.stage], tokenizer)
+        ids, labels, qid = ids.to(device), labels.to(device), qid.to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, total)
         out = model(input_ids=ids, labels=labels)
@@ -474,7 +543,9 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
             history.append(record)
             window = []
             log(json.dumps(record))
-        if time.perf_counter() - last_ckpt > 120 or step == total:
+        stopping = step == total or (cfg.stop_at is not None and step >= cfg.stop_at) or elapsed > limit
+        if time.perf_counter() - last_ckpt > 120 or stopping:
+            # Every stop leaves a checkpoint, so a cut run continues exactly with --resume.
             _save_checkpoint(
                 ckpt_path,
                 {
@@ -493,6 +564,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
             )
             last_ckpt = time.perf_counter()
     model.eval()
+    model.to("cpu")
     save_model(model, tokenizer, out_dir)
     import transformers
 
@@ -516,7 +588,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
             "weight_decay": cfg.weight_decay,
             "betas": list(cfg.betas),
             "grad_clip": cfg.grad_clip,
-            "batch_tokens": [stage["batch_tokens"] for stage in cfg.stages],
+            "batch_tokens": [stage["batch_tokens"] * cfg.batch_scale for stage in cfg.stages],
         },
         "curriculum": {
             "stages": [dict(stage) for stage in cfg.stages],
@@ -532,11 +604,19 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         },
-        "machine": {"cpu_threads": cfg.threads, "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpu_threads": cfg.threads,
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "device": str(device),
+            **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
+        },
         "command": " ".join(["python", "-m", "depthkv.models.train", *sys.argv[1:]]),
         "reproduce": (
             f"python -m depthkv.models.train --name {cfg.name} --seed {cfg.seed} --lr {cfg.lr} "
             f"--threads {cfg.threads} --steps {total} --stage-steps {' '.join(map(str, stage_steps))}"
+            + (f" --device {cfg.device}" if cfg.device != "cpu" else "")
+            + (f" --batch-scale {cfg.batch_scale}" if cfg.batch_scale != 1 else "")
             + (f" --stop-at {step}" if step < total else "")
         ),
     }
@@ -687,8 +767,8 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         f" of the steps, weight decay {training['schedule']['weight_decay']}, grad clip"
         f" {training['schedule']['grad_clip']}, about {'/'.join(map(str, training['schedule']['batch_tokens']))}"
         " tokens per batch by stage, fp32.",
-        f"- {training['steps']} steps in {training['wall_time_s'] / 60:.1f} minutes on {training['machine']['cpu_threads']}"
-        f" CPU thread(s) (a 2-core VM shared with other work), seed {training['seed']};"
+        f"- {training['steps']} steps in {training['wall_time_s'] / 60:.1f} minutes on {_where(training)},"
+        f" seed {training['seed']};"
         f" torch {training['versions']['torch']}, transformers {training['versions']['transformers']}.",
         f"- Final training batches: answer loss {training['final']['loss']}, teacher-forced answer exact match"
         f" {training['final']['exact_match']} (context {training['final']['stage_context']}).",
@@ -738,6 +818,14 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
     (out_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
+def _where(training: dict) -> str:
+    """Where a run trained, as the card says it."""
+    machine = training["machine"]
+    if machine.get("gpu"):
+        return f"one {machine['gpu']} GPU"
+    return f"{machine['cpu_threads']} CPU thread(s) (a 2-core VM shared with other work)"
+
+
 def _key_matching_note(cells: dict, length: int, threshold: float, training: dict) -> list[str]:
     """A paragraph on what the numbers say about key matching (only when it was not learned)."""
     multikey = cells.get(f"niah_multikey@{length}")
@@ -762,12 +850,20 @@ def _key_matching_note(cells: dict, length: int, threshold: float, training: dic
 
 
 def run_evaluation(
-    name: str, out_dir: Path, lengths, n: int, trained_length: int, threshold: float, log=print
+    name: str,
+    out_dir: Path,
+    lengths,
+    n: int,
+    trained_length: int,
+    threshold: float,
+    log=print,
+    device: str = "cpu",
 ):
     from depthkv.models import load_model
 
     torch.set_num_threads(1)
     model, tokenizer = load_model(str(out_dir))
+    model.to(resolve_device(device))
     started = time.perf_counter()
     cells = evaluate(model, tokenizer, list(TASKS), lengths, n, log=log)
     evaluation = {
@@ -803,6 +899,15 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core VM)"
     )
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default) or cuda[:N]: train and evaluate on a GPU"
+    )
+    parser.add_argument(
+        "--batch-scale",
+        type=int,
+        default=1,
+        help="multiply every stage's tokens per batch (e.g. 16 on a GPU; the learning rate is unchanged)",
+    )
     parser.add_argument(
         "--time-shares",
         type=float,
@@ -844,12 +949,21 @@ def main(argv: list[str] | None = None) -> None:
             stop_at=args.stop_at,
             **({"time_shares": tuple(args.time_shares)} if args.time_shares else {}),
             threads=args.threads,
+            device=args.device,
+            batch_scale=args.batch_scale,
         )
         train(cfg, out_dir, work_dir, resume=args.resume, log=log)
     if not args.no_eval:
         trained_length = STAGES[-1]["context"]
         run_evaluation(
-            args.name, out_dir, args.eval_lengths, args.eval_n, trained_length, args.learned_threshold, log
+            args.name,
+            out_dir,
+            args.eval_lengths,
+            args.eval_n,
+            trained_length,
+            args.learned_threshold,
+            log,
+            device=args.device,
         )
 
 

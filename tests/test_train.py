@@ -1,0 +1,209 @@
+"""The training script of the embedded models: its data, schedule and curriculum, and that a run
+cut anywhere continues exactly (checkpoint + ``--resume``)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from depthkv.models import train as T
+from depthkv.tasks import ByteTokenizer
+
+TOK = ByteTokenizer()
+RECORD = re.compile(r"^([a-z]+):(\d+)$", re.MULTILINE)
+
+# A model small enough to train a few steps in a second.
+SMALL = dict(
+    family="llama",
+    num_hidden_layers=1,
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+)
+SMALL_STAGES = (
+    {
+        "context": 48,
+        "min_context": 20,
+        "max_keys": 4,
+        "batch_tokens": 192,
+        "kinds": {"dense": 0.7, "many": 0.3},
+    },
+    {"context": 96, "min_context": 48, "max_keys": 6, "batch_tokens": 256, "kinds": T.KINDS},
+)
+
+
+def _values(context: str) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for key, value in RECORD.findall(context):
+        values.setdefault(key, []).append(value)
+    return values
+
+
+@pytest.mark.parametrize("stage", range(len(T.STAGES)))
+def test_rows_label_exactly_the_answers_and_the_answers_are_right(stage):
+    cfg = T.TrainConfig(name="tiny-llama")
+    rng = random.Random(stage)
+    for _ in range(20):
+        length = rng.randint(T.STAGES[stage]["min_context"], T.STAGES[stage]["context"])
+        row = T.make_row(rng, cfg, T.STAGES[stage], length, TOK)
+        assert len(row.ids) == len(row.labels)
+        assert row.ids[0] == TOK.bos_token_id
+        text = TOK.decode(row.ids[1:])
+        context, _, asked = text.partition("\n?")
+        assert len(context) <= length
+        values = _values(context)
+        labelled = {i for i, label in enumerate(row.labels) if label != T.IGNORE}
+        in_spans = {i for start, end in row.spans for i in range(start, end)}
+        assert labelled == in_spans  # loss on the answers (and their newline) only
+        asked_keys = []
+        for start, end in row.spans:
+            assert row.labels[start:end] == row.ids[start:end]
+            answer = TOK.decode(row.ids[start:end])
+            assert answer.endswith("\n")
+            question = TOK.decode(row.ids[:start]).rsplit("?", 1)[1]
+            assert question.endswith(":")
+            keys = question[:-1].split(" ")
+            asked_keys += keys
+            # The oracle: the answer is every value of each asked key, in order, from the context.
+            assert answer[:-1] == " ".join(v for k in keys for v in values[k])
+            if len(keys) > 1:
+                assert all(len(values[k]) == 1 for k in keys)
+        assert len(asked_keys) == len(set(asked_keys))
+        assert set(asked_keys) <= set(values)
+        assert len(asked_keys) == min(len(values), cfg.max_queries)
+
+
+@pytest.mark.parametrize("scale", [1, 3])
+def test_batches_hold_the_stage_tokens_right_padded(scale):
+    cfg = T.TrainConfig(name="tiny-llama", batch_scale=scale)
+    stage = T.STAGES[1]
+    ids, labels, qid, n, length = T.make_batch(random.Random(0), cfg, stage, TOK)
+    real = ids != TOK.pad_token_id
+    assert int(real.sum()) >= stage["batch_tokens"] * scale
+    # Right padding: once a row is padded it stays padded, and padding is never labelled.
+    assert torch.equal(real, real.cummin(dim=1).values)
+    assert not (labels[~real] != T.IGNORE).any()
+    assert sorted(set(qid[qid >= 0].tolist())) == list(range(n))
+    assert torch.equal(qid >= 0, labels != T.IGNORE)
+    assert stage["min_context"] <= length <= stage["context"]
+
+
+def test_answer_exact_match_counts_whole_answers():
+    cfg = T.TrainConfig(name="tiny-llama")
+    ids, labels, qid, n, _ = T.make_batch(random.Random(1), cfg, T.STAGES[0], TOK)
+    # Logits whose argmax is the next token everywhere: every answer right.
+    perfect = torch.nn.functional.one_hot(ids.roll(-1, dims=1), num_classes=T.VOCAB_SIZE).float()
+    assert T.answer_exact_match(perfect, labels, qid, n) == 1.0
+    # Break one token of the first answer: exactly that answer becomes wrong.
+    b, t = (labels != T.IGNORE).nonzero()[0].tolist()
+    broken = perfect.clone()
+    broken[b, t - 1] = broken[b, t - 1].roll(1)
+    assert T.answer_exact_match(broken, labels, qid, n) == pytest.approx((n - 1) / n)
+
+
+def test_lr_schedule_warms_up_holds_then_decays_to_the_floor():
+    cfg = T.TrainConfig(name="tiny-llama", lr=1e-3, warmup_steps=10, decay_fraction=0.25, min_lr_ratio=0.1)
+    total = 100
+    lrs = [T.lr_at(cfg, step, total) for step in range(total)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(lr == pytest.approx(1e-3) for lr in lrs[10:75])
+    decay = lrs[75:]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert decay[-1] == pytest.approx(1e-4, rel=0.05)
+    assert min(lrs[10:]) >= 1e-4 - 1e-12
+
+
+def test_curriculum_advances_on_accuracy_or_at_the_cap():
+    cfg = T.TrainConfig(name="tiny-llama", min_stage_steps=5, advance_at=0.75)
+    caps = [50, 100, 100, 100]
+    on_accuracy = T.Curriculum()
+    for step in range(30):
+        on_accuracy.update(cfg, caps, step, 1.0)
+    assert on_accuracy.transitions[0]["reason"] == "accuracy"
+    assert on_accuracy.transitions[0]["step"] >= cfg.min_stage_steps
+    at_cap = T.Curriculum()
+    for step in range(60):
+        at_cap.update(cfg, caps, step, 0.0)
+    assert at_cap.stage == 1
+    assert at_cap.transitions == [
+        {"step": 50, "to_context": 128, "reason": "step cap", "ema_exact_match": 0.0}
+    ]
+
+
+def test_planned_steps_fit_the_budget():
+    cfg = T.TrainConfig(name="tiny-llama")
+    seconds = {0: 0.3, 1: 0.7, 2: 1.0, 3: 1.6, 4: 1.3}
+    total, caps = T.plan_steps(seconds, cfg, minutes=60)
+    shares = [*cfg.time_shares, 1 - sum(cfg.time_shares)]
+    per_stage = [*caps, total - sum(caps)]
+    assert len(caps) == len(cfg.stages) - 1
+    planned = sum(n * seconds[i] * 1.08 for i, n in enumerate(per_stage))
+    assert 0.95 * 3600 <= planned <= 3600
+    for i, share in enumerate(shares):
+        assert per_stage[i] * seconds[i] * 1.08 == pytest.approx(share * 3600, rel=0.02)
+
+
+def _small_run(tmp_path, monkeypatch, name: str, **overrides):
+    monkeypatch.setitem(T.PRESETS, "tiny-llama", SMALL)
+    cfg = T.TrainConfig(
+        name="tiny-llama", stages=SMALL_STAGES, steps=20, stage_steps=(10,), warmup_steps=4, **overrides
+    )
+    return cfg, tmp_path / name, tmp_path / f"{name}-work"
+
+
+def test_training_writes_a_loadable_model_and_its_record(tmp_path, monkeypatch):
+    cfg, out, work = _small_run(tmp_path, monkeypatch, "full")
+    summary = T.train(cfg, out, work, log=lambda m: None)
+    assert summary["steps"] == 20 and not summary["stopped_early"]
+    assert [t["step"] for t in summary["curriculum"]["transitions"]] == [10]
+    record = json.loads((out / "training.json").read_text())
+    assert record["reproduce"].endswith("--steps 20 --stage-steps 10")
+    assert record["machine"]["device"] == "cpu"
+    assert len(record["history"]) == 2
+    from depthkv.models import load_model
+
+    model, tokenizer = load_model(str(out))
+    assert model.config.num_hidden_layers == 1
+    assert isinstance(tokenizer, ByteTokenizer)
+
+
+def test_a_cut_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    cfg, out, work = _small_run(tmp_path, monkeypatch, "whole")
+    T.train(cfg, out, work, log=lambda m: None)
+    cut_cfg, cut_out, cut_work = _small_run(tmp_path, monkeypatch, "cut", stop_at=10)
+    first = T.train(cut_cfg, cut_out, cut_work, log=lambda m: None)
+    assert first["stopped_early"] and first["steps"] == 10
+    resumed_cfg, _, _ = _small_run(tmp_path, monkeypatch, "cut")
+    second = T.train(resumed_cfg, cut_out, cut_work, resume=True, log=lambda m: None)
+    assert second["steps"] == 20 and not second["stopped_early"]
+    whole = load_file(out / "model.safetensors")
+    resumed = load_file(cut_out / "model.safetensors")
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+    timing = {"elapsed_s", "tokens_per_s"}
+    untimed = [{k: v for k, v in r.items() if k not in timing} for r in second["history"]]
+    whole_history = json.loads((out / "training.json").read_text())["history"]
+    assert untimed == [{k: v for k, v in r.items() if k not in timing} for r in whole_history]
+
+
+def test_resume_refuses_other_settings(tmp_path, monkeypatch):
+    cfg, out, work = _small_run(tmp_path, monkeypatch, "run", stop_at=10)
+    T.train(cfg, out, work, log=lambda m: None)
+    other, _, _ = _small_run(tmp_path, monkeypatch, "run", lr=5e-3)
+    with pytest.raises(ValueError, match=r"lr: checkpoint 0\.002, now 0\.005.*--work-dir"):
+        T.train(other, out, work, resume=True, log=lambda m: None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="no CUDA device; use --device cpu"):
+        T.resolve_device("cuda")
+    with pytest.raises(ValueError, match="expected cpu or cuda"):
+        T.resolve_device("meta")
