@@ -29,8 +29,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="reports/demo", help="report folder (default: reports/demo)")
     demo.add_argument("--budget", type=float, default=0.2, help="global KV budget as a fraction (default 0.2)")
     demo.add_argument("--context-length", type=int, default=None, help="context length in tokens")
-    demo.add_argument("--n-calib", type=int, default=None, help="calibration examples per task")
-    demo.add_argument("--n-eval", type=int, default=None, help="evaluation examples per task")
+    demo.add_argument("--n-calib", type=int, default=None, help="calibration examples per task (12; --quick 3)")
+    demo.add_argument("--n-eval", type=int, default=None, help="evaluation examples per task (32; --quick 4)")
     demo.add_argument("--policy", default="snapkv", help="eviction policy inside each layer")
     demo.add_argument("--metric", default="nll", choices=["nll", "kl", "score"])
     demo.add_argument("--seed", type=int, default=0)
@@ -120,7 +120,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         strategies, ablation = ("proportional", "greedy"), [args.budget, 0.5]
         n_perm = 999
     else:
-        n_calib, n_eval, budgets = args.n_calib or 8, args.n_eval or 12, list(DEMO_BUDGETS)
+        n_calib, n_eval, budgets = args.n_calib or 12, args.n_eval or 32, list(DEMO_BUDGETS)
         strategies, ablation = ("proportional", "softmax", "rank", "greedy"), [args.budget, 0.1, 0.5]
         n_perm = 10_000
     budgets = list(args.budgets or budgets)

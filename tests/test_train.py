@@ -47,7 +47,7 @@ def _values(context: str) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("stage", range(len(T.STAGES)))
 def test_rows_label_exactly_the_answers_and_the_answers_are_right(stage):
-    cfg = T.TrainConfig(name="tiny-llama")
+    cfg = T.TrainConfig(name="tiny-llama", filler_loss=False)
     rng = random.Random(stage)
     for _ in range(20):
         length = rng.randint(T.STAGES[stage]["min_context"], T.STAGES[stage]["context"])
@@ -81,7 +81,7 @@ def test_rows_label_exactly_the_answers_and_the_answers_are_right(stage):
 
 @pytest.mark.parametrize("scale", [1, 3])
 def test_batches_hold_the_stage_tokens_right_padded(scale):
-    cfg = T.TrainConfig(name="tiny-llama", batch_scale=scale)
+    cfg = T.TrainConfig(name="tiny-llama", batch_scale=scale, filler_loss=False)
     stage = T.STAGES[1]
     ids, labels, qid, n, length = T.make_batch(random.Random(0), cfg, stage, TOK)
     real = ids != TOK.pad_token_id
@@ -207,3 +207,29 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         T.resolve_device("cuda")
     with pytest.raises(ValueError, match="expected cpu or cuda"):
         T.resolve_device("meta")
+
+
+def test_filler_loss_labels_filler_lines_and_never_records():
+    cfg = T.TrainConfig(name="tiny-llama", filler_loss=True)
+    rng = random.Random(7)
+    for _ in range(20):
+        row = T.make_row(rng, cfg, T.STAGES[2], rng.randint(96, 256), TOK)
+        first_answer = row.spans[0][0]
+        question_start = TOK.decode(row.ids[:first_answer]).rindex("\n?") + 1  # token index of "\n?"
+        context = TOK.decode(row.ids[1:question_start])
+        offset = 1
+        lines = context.split("\n")
+        for index, line in enumerate(lines):
+            # The newline after the last line starts the question: not part of the context.
+            labels = row.labels[offset : offset + len(line) + (index < len(lines) - 1)]
+            if RECORD.match(line):
+                assert all(label == T.IGNORE for label in labels), line
+            else:
+                assert labels == row.ids[offset : offset + len(labels)], line
+            offset += len(line) + 1
+        # Without the option only the answers carry a loss.
+        plain_cfg = T.TrainConfig(name="tiny-llama", filler_loss=False)
+        plain = T.make_row(random.Random(0), plain_cfg, T.STAGES[2], 200, TOK)
+        assert {i for i, label in enumerate(plain.labels) if label != T.IGNORE} == {
+            i for start, end in plain.spans for i in range(start, end)
+        }

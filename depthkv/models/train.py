@@ -18,12 +18,18 @@ Each training row is ``<s>`` + a context in the exact text format of ``depthkv.t
 every key of the context, each in the prompt form the tasks use (``"\\n?key:"`` or
 ``"\\n?k1 k2:"``) immediately followed by its answer. The loss is on the answer tokens and the
 newline that ends each answer (the model has to learn where a value stops: some values have 5
-digits), nowhere else. Contexts come from the task generators themselves (seeds unrelated to the
-calibration/evaluation splits) plus "dense" (a few records, no filler) and "many" (several keys,
+digits) and, with ``filler_loss`` (default), on the filler lines of the context (never on the random
+keys and values of its records): predicting letters of filler words makes the model grow the
+"token k back" features early, which the key-matching circuit is built from. Weights start at
+``initializer_range=0.06`` (transformers' default 0.02 left the copy circuit slower to form).
+Contexts come from the task generators themselves (seeds unrelated to the calibration/evaluation
+splits) plus "dense" (a few records, no filler) and "many" (several keys,
 some with several values, in filler) generators. The curriculum (``STAGES``) starts with 20-64
 character record lists and ends at 1,024 characters; a stage ends when the teacher-forced answer
 exact match passes ``advance_at`` or at its step cap. AdamW with warmup-stable-decay, gradient
-clipping, fp32, one CPU thread (two threads were slower on the shared 2-core machine).
+clipping, fp32, one CPU thread (two threads were slower on the shared 2-core machine), or
+``--device cuda`` with ``--batch-scale`` on a GPU. What was tried and measured while choosing this
+recipe is in ``docs/models.md``.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         intermediate_size=384,
         num_attention_heads=4,
         num_key_value_heads=2,
+        initializer_range=0.06,
     ),
     "tiny-qwen2": dict(
         family="qwen2",
@@ -69,6 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         intermediate_size=384,
         num_attention_heads=4,
         num_key_value_heads=2,
+        initializer_range=0.06,
     ),
 }
 
@@ -100,7 +108,7 @@ STAGES: tuple[dict[str, Any], ...] = (
     {
         "context": 64,
         "min_context": 20,
-        "max_keys": 4,
+        "max_keys": 6,
         "batch_tokens": 1024,
         "kinds": {"dense": 0.7, "many": 0.3},
     },
@@ -127,13 +135,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     threads: int = 1
     device: str = "cpu"  # "cuda" trains on a GPU (same data stream and steps; float rounding differs)
+    filler_loss: bool = True  # also train on the filler text of the context (not on records)
     batch_scale: int = 1  # multiplies every stage's batch_tokens (a GPU has room for far bigger batches)
     stages: tuple[dict[str, Any], ...] = STAGES
     # Most steps each stage but the last may take (it ends earlier once its accuracy is reached;
     # the steps it leaves go to the later stages). ``None``: planned from ``time_shares``.
     stage_steps: tuple[int, ...] | None = None
     # Share of the wall-clock budget planned for each stage but the last (which gets the rest).
-    time_shares: tuple[float, ...] = (0.30, 0.15, 0.10, 0.10)
+    time_shares: tuple[float, ...] = (0.45, 0.12, 0.10, 0.10)
     advance_at: float = 0.75  # EMA of teacher-forced answer exact match that moves to the next stage
     min_stage_steps: int = 25
     max_queries: int = 48  # questions per row at most (kv_retrieval at 1024 has ~100 keys)
@@ -243,6 +252,17 @@ def _questions(
     return out
 
 
+def filler_labels(context: str, ids: list[int]) -> list[int]:
+    """``ids`` (the context's tokens, one per character) where the character belongs to a filler
+    line or the newline after it, ``IGNORE`` on record lines (their keys and values are random)."""
+    labels = []
+    for line in context.split("\n"):
+        keep = _RECORD.match(line) is None
+        labels += [keep] * (len(line) + 1)
+    labels = labels[: len(ids)]
+    return [t if keep else IGNORE for t, keep in zip(ids, labels)]
+
+
 def make_row(
     rng: random.Random, cfg: TrainConfig, stage: dict[str, Any], context_length: int, tokenizer: ByteTokenizer
 ) -> Row:
@@ -251,6 +271,8 @@ def make_row(
     context = _context(rng, kind, context_length, stage["max_keys"])
     ids = tokenizer.encode(context, add_special_tokens=True)
     labels = [IGNORE] * len(ids)
+    if cfg.filler_loss:
+        labels = [IGNORE, *filler_labels(context, ids[1:])]
     spans = []
     for i, (question, answer) in enumerate(_questions(rng, context, cfg.max_queries, cfg.multi_key_prob)):
         # After the first question, the newline ending the previous answer starts this question.
@@ -747,8 +769,13 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         '  "dense" rows (2 to max_keys `key:value` lines, no filler) and "many" rows (1 to max_keys keys in',
         "  filler, a quarter of them written 2-4 times), with words and filler from `depthkv.tasks.text`.",
         "- Multi-query dense supervision: after each context, questions about (nearly) every key in the",
-        "  tasks' prompt form (`\\n?key:` or `\\n?k1 k2 ...:`), each followed by its answer; the loss is only on",
-        "  answer tokens and the newline ending each answer.",
+        "  tasks' prompt form (`\\n?key:` or `\\n?k1 k2 ...:`), each followed by its answer; the loss is on the",
+        "  answer tokens and the newline ending each answer"
+        + (
+            ", and on the context's filler lines (never on its records' random keys and values)."
+            if training["config"].get("filler_loss")
+            else ", nowhere else."
+        ),
         "- Curriculum (context length in characters, max keys, row kinds): "
         + "; ".join(
             f"{stage['min_context']}-{stage['context']}, {stage['max_keys']} keys, "
@@ -766,11 +793,13 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         f" cosine to {training['schedule']['min_lr']:.1e} over the last {training['config']['decay_fraction']:.0%}"
         f" of the steps, weight decay {training['schedule']['weight_decay']}, grad clip"
         f" {training['schedule']['grad_clip']}, about {'/'.join(map(str, training['schedule']['batch_tokens']))}"
-        " tokens per batch by stage, fp32.",
+        " tokens per batch by stage, fp32; weights initialised with std"
+        f" {training['preset'].get('initializer_range', 0.02)}.",
         f"- {training['steps']} steps in {training['wall_time_s'] / 60:.1f} minutes on {_where(training)},"
         f" seed {training['seed']};"
         f" torch {training['versions']['torch']}, transformers {training['versions']['transformers']}.",
-        f"- Final training batches: answer loss {training['final']['loss']}, teacher-forced answer exact match"
+        f"- Final training batches: {'loss' if training['config'].get('filler_loss') else 'answer loss'}"
+        f" {training['final']['loss']}, teacher-forced answer exact match"
         f" {training['final']['exact_match']} (context {training['final']['stage_context']}).",
         "",
         "## Full-cache accuracy (measured)",
