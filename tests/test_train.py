@@ -233,3 +233,28 @@ def test_filler_loss_labels_filler_lines_and_never_records():
         assert {i for i, label in enumerate(plain.labels) if label != T.IGNORE} == {
             i for start, end in plain.spans for i in range(start, end)
         }
+
+
+def test_unknown_recipe_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown recipe 'v9'; known: v1, v2"):
+        T.recipe_config("tiny-llama", "v9")
+    assert T.recipe_config("tiny-llama", "v1").filler_loss is False
+    assert T.recipe_config("tiny-llama").initializer_range == 0.06
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_shipped_training_record_replays(name, tmp_path):
+    """The ``reproduce`` command in a shipped model's training.json, run by today's script, retraces
+    the recorded run: the first 20 steps' mean loss and answer exact match (two logged records)
+    match. Float rounding across CPUs and BLAS builds is far below the tolerance."""
+    import shlex
+
+    record = json.loads((T.MODELS_DIR / name / "training.json").read_text())
+    argv = shlex.split(record["reproduce"])[3:]  # drop "python -m depthkv.models.train"
+    out, work = tmp_path / "model", tmp_path / "work"
+    T.main([*argv, "--stop-at", "20", "--out", str(out), "--work-dir", str(work), "--no-eval"])
+    replay = json.loads((out / "training.json").read_text())["history"][:2]
+    assert [r["step"] for r in replay] == [10, 20]
+    for got, want in zip(replay, record["history"][:2]):
+        assert got["loss"] == pytest.approx(want["loss"], rel=2e-3), (got, want)
+        assert got["exact_match"] == pytest.approx(want["exact_match"], abs=0.02), (got, want)

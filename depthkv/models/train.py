@@ -1,13 +1,13 @@
 """Train (and evaluate, and write the model card of) one of the embedded tiny models.
 
-Reproduce a shipped model exactly (same steps, data stream and curriculum; the command is in its
-``training.json`` under ``reproduce`` and in its model card)::
+Reproduce a shipped model exactly (same recipe, steps, data stream and curriculum; the command is
+in its ``training.json`` under ``reproduce`` and in its model card; a test replays its first steps)::
 
-    python -m depthkv.models.train --name tiny-llama --steps 2509 --stage-steps 1532 395 181 104
+    python -m depthkv.models.train --name tiny-llama --recipe v2 --steps N --stage-steps A B C D
 
 or give a wall-clock budget, turned into step caps per stage by timing a few steps of each stage::
 
-    python -m depthkv.models.train --name tiny-llama --minutes 25
+    python -m depthkv.models.train --name tiny-llama --minutes 55
 
 ``--eval-only`` then measures the full-cache accuracy table and writes ``evaluation.json`` and the
 model card ``README.md`` into the model folder (``--card-only`` rewrites the card from it).
@@ -67,7 +67,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         intermediate_size=384,
         num_attention_heads=4,
         num_key_value_heads=2,
-        initializer_range=0.06,
     ),
     "tiny-qwen2": dict(
         family="qwen2",
@@ -76,7 +75,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         intermediate_size=384,
         num_attention_heads=4,
         num_key_value_heads=2,
-        initializer_range=0.06,
     ),
 }
 
@@ -118,6 +116,24 @@ STAGES: tuple[dict[str, Any], ...] = (
     {"context": 1024, "min_context": 96, "max_keys": 16, "batch_tokens": 3072, "kinds": KINDS},
 )
 
+# Named recipes, so that every shipped model stays reproducible when the default changes.
+# v1: the first shipped models (up to 4 records in the first stage, loss on answers only,
+# transformers' init). v2: after the experiments in docs/models.md.
+RECIPES: dict[str, dict[str, Any]] = {
+    "v1": {
+        "stages": ({**STAGES[0], "max_keys": 4}, *STAGES[1:]),
+        "time_shares": (0.30, 0.15, 0.10, 0.10),
+        "filler_loss": False,
+        "initializer_range": 0.02,
+    },
+    "v2": {
+        "stages": STAGES,
+        "time_shares": (0.45, 0.12, 0.10, 0.10),
+        "filler_loss": True,
+        "initializer_range": 0.06,
+    },
+}
+
 
 @dataclass
 class TrainConfig:
@@ -135,7 +151,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     threads: int = 1
     device: str = "cpu"  # "cuda" trains on a GPU (same data stream and steps; float rounding differs)
+    recipe: str = "v2"  # the name of the settings below (see RECIPES; ``recipe_config`` applies one)
     filler_loss: bool = True  # also train on the filler text of the context (not on records)
+    initializer_range: float = 0.06  # std of the initial weights
     batch_scale: int = 1  # multiplies every stage's batch_tokens (a GPU has room for far bigger batches)
     stages: tuple[dict[str, Any], ...] = STAGES
     # Most steps each stage but the last may take (it ends earlier once its accuracy is reached;
@@ -149,10 +167,17 @@ class TrainConfig:
     multi_key_prob: float = 0.3  # chance that a question groups 2-4 single-valued keys
 
 
+def recipe_config(name: str, recipe: str = "v2", **overrides: Any) -> TrainConfig:
+    """A ``TrainConfig`` with the settings of ``RECIPES[recipe]`` (then ``overrides``)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    return TrainConfig(name=name, recipe=recipe, **{**RECIPES[recipe], **overrides})
+
+
 # -- model ---------------------------------------------------------------------------------
 
 
-def build_config(preset: dict[str, Any]):
+def build_config(preset: dict[str, Any], initializer_range: float = 0.02):
     """The transformers config of a preset (random init happens in ``from_config``)."""
     import transformers as tf
 
@@ -166,6 +191,7 @@ def build_config(preset: dict[str, Any]):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
+        initializer_range=initializer_range,
         **preset,
     )
     if family == "llama":
@@ -175,11 +201,12 @@ def build_config(preset: dict[str, Any]):
     raise ValueError(f"unknown family {family!r}; known: llama, qwen2")
 
 
-def new_model(preset: dict[str, Any], seed: int):
+def new_model(preset: dict[str, Any], seed: int, initializer_range: float = 0.02):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(build_config(preset), attn_implementation="sdpa")
+    config = build_config(preset, initializer_range)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -437,6 +464,8 @@ _RESUME_FIELDS = (
     "max_queries",
     "multi_key_prob",
     "batch_scale",
+    "filler_loss",
+    "initializer_range",
 )
 
 
@@ -474,7 +503,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
     torch.set_num_threads(cfg.threads)
     tokenizer = ByteTokenizer()
     preset = PRESETS[cfg.name]
-    model = new_model(preset, cfg.seed).to(device)
+    model = new_model(preset, cfg.seed, cfg.initializer_range).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -635,7 +664,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
         },
         "command": " ".join(["python", "-m", "depthkv.models.train", *sys.argv[1:]]),
         "reproduce": (
-            f"python -m depthkv.models.train --name {cfg.name} --seed {cfg.seed} --lr {cfg.lr} "
+            f"python -m depthkv.models.train --name {cfg.name} --recipe {cfg.recipe} --seed {cfg.seed} --lr {cfg.lr} "
             f"--threads {cfg.threads} --steps {total} --stage-steps {' '.join(map(str, stage_steps))}"
             + (f" --device {cfg.device}" if cfg.device != "cpu" else "")
             + (f" --batch-scale {cfg.batch_scale}" if cfg.batch_scale != 1 else "")
@@ -794,7 +823,7 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         f" of the steps, weight decay {training['schedule']['weight_decay']}, grad clip"
         f" {training['schedule']['grad_clip']}, about {'/'.join(map(str, training['schedule']['batch_tokens']))}"
         " tokens per batch by stage, fp32; weights initialised with std"
-        f" {training['preset'].get('initializer_range', 0.02)}.",
+        f" {_init_std(training)}.",
         f"- {training['steps']} steps in {training['wall_time_s'] / 60:.1f} minutes on {_where(training)},"
         f" seed {training['seed']};"
         f" torch {training['versions']['torch']}, transformers {training['versions']['transformers']}.",
@@ -845,6 +874,11 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         "",
     ]
     (out_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _init_std(training: dict) -> float:
+    """The initial weights' std of a run (older records kept it in the preset)."""
+    return training["config"].get("initializer_range", training["preset"].get("initializer_range", 0.02))
 
 
 def _where(training: dict) -> str:
@@ -925,6 +959,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stop-at", type=int, help="with --steps: stop after this many steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--recipe",
+        default="v2",
+        choices=sorted(RECIPES),
+        help="training settings (v1: the first shipped models)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core VM)"
     )
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -968,8 +1008,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.eval_only:
         if args.steps is None and args.minutes is None:
             parser.error("give --steps or --minutes")
-        cfg = TrainConfig(
-            name=args.name,
+        cfg = recipe_config(
+            args.name,
+            args.recipe,
             seed=args.seed,
             steps=args.steps,
             minutes=args.minutes,
