@@ -903,7 +903,7 @@ def _key_matching_note(cells: dict, length: int, threshold: float, training: dic
         "What the model does: it copies a value from the context (`niah_single`: one record) but does",
         f"not reliably match 4-letter keys: `niah_multikey` (4 records, chance 0.25) scores {multikey['accuracy']:.3f}",
         "and `kv_retrieval` (about L/10 records) fails. `niah_multiquery` is scored by recall without order, so",
-        "listing the context's values without matching them to keys already earns partial credit there;",
+        "listing the context's values without matching them to keys already earns credit there (up to full);",
         "`niah_multivalue` needs every value of one key in order. Within this training budget the key-matching",
         "circuit had only started to form: on the first stage's short contexts (up to"
         f" {first['max_keys']} records) the teacher-forced answer exact match was {reached:.2f} when the stage"
