@@ -13,6 +13,13 @@ class CorruptFileError(ValueError):
     """A JSON file is truncated, corrupted or not the kind of file expected."""
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
     path = Path(path)
@@ -23,6 +30,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 minus umask).
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -47,7 +56,9 @@ def read_json(path: str | os.PathLike, kind: str) -> dict[str, Any]:
         raise FileNotFoundError(f"{kind} file {path} does not exist")
     text = path.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
-        raise CorruptFileError(f"{kind} file {path} is empty; re-create it (it was probably interrupted while written)")
+        raise CorruptFileError(
+            f"{kind} file {path} is empty; re-create it (it was probably interrupted while written)"
+        )
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
