@@ -48,6 +48,8 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from depthkv.jsonio import atomic_write_text  # noqa: E402
+
 C = 4.0  # tolerance multiple of PyTorch's own same-precision error (see tests/test_kernels_triton.py)
 WINDOW = 32  # SnapKV observation window used for the prefill scoring overhead
 
@@ -391,24 +393,33 @@ def main(argv: list[str] | None = None) -> int:
         shapes=dict(heads=list(cfg["heads"]), dtype=str(cfg["dtype"]).replace("torch.", ""), prefill=list(cfg["prefill"]),
                     decode=list(cfg["decode"]), budget_fraction=cfg["budget"], window=WINDOW, grid=[list(g) for g in cfg["grid"]]),
     )
+    stem = out_dir / f"gpu-{res['date']}"
+
+    def checkpoint(section: str) -> None:
+        # The JSON is rewritten after each section, so a run cut short keeps what it measured.
+        res["completed"] = [*res.get("completed", []), section]
+        res["seconds"] = time.perf_counter() - started
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(res, indent=2, default=str) + "\n")
+
     print(f"depthkv GPU benchmark on {res['device']} -> {out_dir}")
     print("correctness ...")
     res["correctness"] = correctness(cfg, device)
+    checkpoint("correctness")
     bad = [r for r in res["correctness"] if not r["ok"]]
     for r in bad:
         print(f"  FAILED {r['kernel']} {r['shape']}: err {r['err']:.3e} > tol {r['tol']:.3e}")
     print(f"  {len(res['correctness']) - len(bad)}/{len(res['correctness'])} within tolerance")
     print("prefill ...")
     res["prefill"] = prefill_overhead(cfg, device, cuda)
+    checkpoint("prefill")
     print("decode ...")
     res["decode"] = decode_speed(cfg, device, cuda)
+    checkpoint("decode")
     res["bandwidth"] = bandwidth(cfg, device, cuda, res["decode"])
     res["targets"] = targets(res)
-    res["seconds"] = time.perf_counter() - started
-    stem = out_dir / f"gpu-{res['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    checkpoint("bandwidth")
     md = markdown(res)
-    stem.with_suffix(".md").write_text(md)
+    atomic_write_text(stem.with_suffix(".md"), md)
     print(md)
     print(f"wrote {stem}.json and {stem}.md in {res['seconds']:.0f} s")
     return 1 if bad else 0

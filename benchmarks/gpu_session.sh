@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One lent-GPU session in one call (see docs/models.md and docs/benchmarks.md):
+#   1. the embedded models trained on CUDA, several settings side by side (one process each),
+#      while the Triton kernel tests run on the GPU (correctness only, so sharing is harmless);
+#   2. then benchmarks/gpu.py alone on the GPU (its timings are the ones we report).
+# Everything lands under $OUT (default ./gpu-session-out): one .tgz per trained model folder and
+# logs.tgz (training logs, pytest log, the benchmark's JSON/markdown). Runs with the device's own
+# python3 (torch/transformers/triton preinstalled) and PYTHONPATH=. -- nothing is installed.
+#
+#   bash benchmarks/gpu_session.sh            # on the GPU machine (about 8 minutes)
+#   DRY=1 bash benchmarks/gpu_session.sh      # plumbing check on a CPU: seconds of training,
+#                                             # interpreter kernels, gpu.py --dry-run
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-session-out}
+PY=${PY:-python3}
+MINUTES=${MINUTES:-4.5}
+BENCH_LIMIT=${BENCH_LIMIT:-150}
+W=${WORK:-/tmp/depthkv-gpu-session}
+rm -rf "$W" && mkdir -p "$OUT" "$W/models" "$W/logs" "$W/bench"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+DEVICE=cuda BENCH_ARGS="" KERNEL_TESTS_INTERPRET=0 PYTEST_K=""
+if [ "${DRY:-0}" = 1 ]; then
+  DEVICE=cpu BENCH_ARGS=--dry-run KERNEL_TESTS_INTERPRET=1 PYTEST_K="compact" MINUTES=${DRY_MINUTES:-0.1}
+fi
+START=$SECONDS
+stamp() { echo "[+$((SECONDS - START)) s] $*"; }
+
+{ nvidia-smi || true; $PY -c "import platform, torch, transformers, triton; print('python', platform.python_version(), \
+'torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__, \
+'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"; nproc; } > "$W/logs/machine.txt" 2>&1
+tail -n 2 "$W/logs/machine.txt"
+
+# name  model  recipe  batch-scale  lr
+VARIANTS=(
+  "llama-b16 tiny-llama v2 16 2e-3"
+  "llama-b16-lr4 tiny-llama v2 16 4e-3"
+  "llama-b4 tiny-llama v2 4 2e-3"
+  "qwen2-b16 tiny-qwen2 v2 16 2e-3"
+  "qwen2-v1-b16 tiny-qwen2 v1 16 2e-3"
+  "qwen2-b16-lr1 tiny-qwen2 v2 16 1e-3"
+)
+[ "${DRY:-0}" = 1 ] && VARIANTS=("${VARIANTS[0]}" "${VARIANTS[3]}")  # two processes for two CPU cores
+# The trainer stops itself at 1.3 x --minutes; the timeout is only a backstop.
+LIMIT=$($PY -c "print(int($MINUTES * 60 * 1.3 + 45))")
+pids=()
+for v in "${VARIANTS[@]}"; do
+  read -r name model recipe scale lr <<<"$v"
+  [ "${DRY:-0}" = 1 ] && scale=1  # a CPU cannot probe 16x batches quickly
+  timeout "$LIMIT" $PY -m depthkv.models.train --name "$model" --recipe "$recipe" --batch-scale "$scale" \
+    --lr "$lr" --minutes "$MINUTES" --device "$DEVICE" --no-eval --out "$W/models/$name" \
+    --work-dir "$W/work/$name" >"$W/logs/train-$name.log" 2>&1 &
+  pids+=($!)
+done
+stamp "training ${#VARIANTS[@]} variants for $MINUTES min each (backstop ${LIMIT} s)"
+
+TRITON_INTERPRET=$KERNEL_TESTS_INTERPRET timeout 300 $PY -m pytest -q -p no:cacheprovider \
+  ${PYTEST_K:+-k "$PYTEST_K"} tests/test_kernels_triton.py tests/test_attend_evict_kernels.py \
+  >"$W/logs/pytest-kernels-gpu.log" 2>&1
+stamp "kernel tests rc=$?: $(tail -n 1 "$W/logs/pytest-kernels-gpu.log")"
+
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}"
+  stamp "train ${VARIANTS[$i]%% *} rc=$?"
+done
+
+timeout "$BENCH_LIMIT" $PY benchmarks/gpu.py $BENCH_ARGS --out "$W/bench" >"$W/logs/bench.log" 2>&1
+stamp "benchmark rc=$? (limit $BENCH_LIMIT s)"
+
+for v in "${VARIANTS[@]}"; do
+  name=${v%% *}
+  [ -d "$W/models/$name" ] && tar -czf "$OUT/model-$name.tgz" -C "$W/models" "$name"
+done
+tar -czf "$OUT/logs.tgz" -C "$W" logs bench
+
+$PY - "$W" <<'EOF'
+import json, sys
+from pathlib import Path
+w = Path(sys.argv[1])
+for folder in sorted((w / "models").iterdir()):
+    t = json.loads((folder / "training.json").read_text())
+    moves = ", ".join(f"{m['step']}:{m['reason'][:4]}:{m['ema_exact_match']}" for m in t["curriculum"]["transitions"])
+    f = t["final"] or {}
+    print(f"{folder.name:15s} steps {t['steps']}/{t['steps_planned']} {t['wall_time_s']:.0f}s moves [{moves}] "
+          f"final loss {f.get('loss')} em {f.get('exact_match')} tok/s {f.get('tokens_per_s')}")
+EOF
+tail -n 25 "$W/logs/bench.log"
+stamp "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
