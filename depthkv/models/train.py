@@ -544,6 +544,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
             break
         started = time.perf_counter()
         ids, labels, qid, n, context_length = make_batch(rng, cfg, cfg.stages[curriculum.stage], tokenizer)
+        data_seconds = time.perf_counter() - started
         ids, labels, qid = ids.to(device), labels.to(device), qid.to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, total)
@@ -563,6 +564,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
                 "tokens": ids.numel(),
                 "grad_norm": grad_norm,
                 "seconds": time.perf_counter() - started,
+                "data_seconds": data_seconds,
             }
         )
         if step % 10 == 0 or step == total:
@@ -576,6 +578,8 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
                 "exact_match": round(sum(w["em"] for w in window) / len(window), 4),
                 "grad_norm": round(sum(w["grad_norm"] for w in window) / len(window), 3),
                 "tokens_per_s": round(sum(w["tokens"] for w in window) / sum(w["seconds"] for w in window)),
+                # Share of the step time spent making batches (Python, one core): most of a GPU step.
+                "data_share": round(sum(w["data_seconds"] for w in window) / sum(w["seconds"] for w in window), 3),
             }
             history.append(record)
             window = []
