@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One lent-GPU session in one call (see docs/models.md and docs/benchmarks.md):
+# One lent-GPU session in one call (see docs/models.md and docs/kernels.md):
 #   1. the embedded models trained on CUDA, several settings side by side (one process each),
 #      while the Triton kernel tests run on the GPU (correctness only, so sharing is harmless);
 #   2. then benchmarks/gpu.py alone on the GPU (its timings are the ones we report).
@@ -7,7 +7,7 @@
 # logs.tgz (training logs, pytest log, the benchmark's JSON/markdown). Runs with the device's own
 # python3 (torch/transformers/triton preinstalled) and PYTHONPATH=. -- nothing is installed.
 #
-#   bash benchmarks/gpu_session.sh            # on the GPU machine (about 8 minutes)
+#   bash benchmarks/gpu_session.sh            # on the GPU machine (about 7 minutes)
 #   DRY=1 bash benchmarks/gpu_session.sh      # plumbing check on a CPU: seconds of training,
 #                                             # interpreter kernels, gpu.py --dry-run
 set -u
@@ -17,10 +17,11 @@ PY=${PY:-python3}
 MINUTES=${MINUTES:-4.5}
 BENCH_LIMIT=${BENCH_LIMIT:-150}
 W=${WORK:-/tmp/depthkv-gpu-session}
+DRY=${DRY:-0}
 rm -rf "$W" && mkdir -p "$OUT" "$W/models" "$W/logs" "$W/bench"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 DEVICE=cuda BENCH_ARGS="" KERNEL_TESTS_INTERPRET=0 PYTEST_K=""
-if [ "${DRY:-0}" = 1 ]; then
+if [ "$DRY" = 1 ]; then
   DEVICE=cpu BENCH_ARGS=--dry-run KERNEL_TESTS_INTERPRET=1 PYTEST_K="compact" MINUTES=${DRY_MINUTES:-0.1}
 fi
 START=$SECONDS
@@ -40,13 +41,13 @@ VARIANTS=(
   "qwen2-v1-b16 tiny-qwen2 v1 16 2e-3"
   "qwen2-v1-b4 tiny-qwen2 v1 4 2e-3"
 )
-[ "${DRY:-0}" = 1 ] && VARIANTS=("${VARIANTS[0]}" "${VARIANTS[2]}")  # two processes for two CPU cores
+[ "$DRY" = 1 ] && VARIANTS=("${VARIANTS[0]}" "${VARIANTS[2]}")  # two processes for two CPU cores
 # The trainer stops itself at 1.3 x --minutes; the timeout is only a backstop.
 LIMIT=$($PY -c "print(int($MINUTES * 60 * 1.3 + 45))")
 pids=()
 for v in "${VARIANTS[@]}"; do
   read -r name model recipe scale lr <<<"$v"
-  [ "${DRY:-0}" = 1 ] && scale=1  # a CPU cannot probe 16x batches quickly
+  [ "$DRY" = 1 ] && scale=1  # a CPU cannot probe 16x batches quickly
   timeout "$LIMIT" $PY -m depthkv.models.train --name "$model" --recipe "$recipe" --batch-scale "$scale" \
     --lr "$lr" --minutes "$MINUTES" --device "$DEVICE" --no-eval --out "$W/models/$name" \
     --work-dir "$W/work/$name" >"$W/logs/train-$name.log" 2>&1 &

@@ -227,12 +227,12 @@ def test_filler_loss_labels_filler_lines_and_never_records():
             else:
                 assert labels == row.ids[offset : offset + len(labels)], line
             offset += len(line) + 1
-        # Without the option only the answers carry a loss.
-        plain_cfg = T.TrainConfig(name="tiny-llama", filler_loss=False)
-        plain = T.make_row(random.Random(0), plain_cfg, T.STAGES[2], 200, TOK)
-        assert {i for i, label in enumerate(plain.labels) if label != T.IGNORE} == {
-            i for start, end in plain.spans for i in range(start, end)
-        }
+    # Without the option only the answers carry a loss.
+    plain_cfg = T.TrainConfig(name="tiny-llama", filler_loss=False)
+    plain = T.make_row(random.Random(0), plain_cfg, T.STAGES[2], 200, TOK)
+    assert {i for i, label in enumerate(plain.labels) if label != T.IGNORE} == {
+        i for start, end in plain.spans for i in range(start, end)
+    }
 
 
 def test_unknown_recipe_is_a_clear_error():
