@@ -10,6 +10,9 @@
 #   bash benchmarks/gpu_session.sh            # on the GPU machine (about 7 minutes)
 #   DRY=1 bash benchmarks/gpu_session.sh      # plumbing check on a CPU: seconds of training,
 #                                             # interpreter kernels, gpu.py --dry-run
+#   TRAIN_ONLY=1 MINUTES=6.5 WORKERS=3 bash benchmarks/gpu_session.sh
+#       # a training session: no kernel tests or benchmark (both measured on 2026-11-28), each
+#       # variant's batches made ahead by WORKERS processes (--data-stream per_step)
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-session-out}
@@ -18,6 +21,8 @@ MINUTES=${MINUTES:-4.5}
 BENCH_LIMIT=${BENCH_LIMIT:-150}
 W=${WORK:-/tmp/depthkv-gpu-session}
 DRY=${DRY:-0}
+TRAIN_ONLY=${TRAIN_ONLY:-0}
+WORKERS=${WORKERS:-0}
 rm -rf "$W" && mkdir -p "$OUT" "$W/models" "$W/logs" "$W/bench"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 DEVICE=cuda BENCH_ARGS="" KERNEL_TESTS_INTERPRET=0 PYTEST_K=""
@@ -48,25 +53,31 @@ pids=()
 for v in "${VARIANTS[@]}"; do
   read -r name model recipe scale lr <<<"$v"
   [ "$DRY" = 1 ] && scale=1  # a CPU cannot probe 16x batches quickly
+  data=()
+  [ "$WORKERS" -gt 0 ] && data=(--data-stream per_step --workers "$WORKERS")
   timeout "$LIMIT" $PY -m depthkv.models.train --name "$model" --recipe "$recipe" --batch-scale "$scale" \
     --lr "$lr" --minutes "$MINUTES" --device "$DEVICE" --no-eval --out "$W/models/$name" \
-    --work-dir "$W/work/$name" >"$W/logs/train-$name.log" 2>&1 &
+    --work-dir "$W/work/$name" "${data[@]}" >"$W/logs/train-$name.log" 2>&1 &
   pids+=($!)
 done
 stamp "training ${#VARIANTS[@]} variants for $MINUTES min each (backstop ${LIMIT} s)"
 
-TRITON_INTERPRET=$KERNEL_TESTS_INTERPRET timeout 300 $PY -m pytest -q -p no:cacheprovider \
-  ${PYTEST_K:+-k "$PYTEST_K"} tests/test_kernels_triton.py tests/test_attend_evict_kernels.py \
-  >"$W/logs/pytest-kernels-gpu.log" 2>&1
-stamp "kernel tests rc=$?: $(tail -n 1 "$W/logs/pytest-kernels-gpu.log")"
+if [ "$TRAIN_ONLY" != 1 ]; then
+  TRITON_INTERPRET=$KERNEL_TESTS_INTERPRET timeout 300 $PY -m pytest -q -p no:cacheprovider \
+    ${PYTEST_K:+-k "$PYTEST_K"} tests/test_kernels_triton.py tests/test_attend_evict_kernels.py \
+    >"$W/logs/pytest-kernels-gpu.log" 2>&1
+  stamp "kernel tests rc=$?: $(tail -n 1 "$W/logs/pytest-kernels-gpu.log")"
+fi
 
 for i in "${!pids[@]}"; do
   wait "${pids[$i]}"
   stamp "train ${VARIANTS[$i]%% *} rc=$?"
 done
 
-timeout "$BENCH_LIMIT" $PY benchmarks/gpu.py $BENCH_ARGS --out "$W/bench" >"$W/logs/bench.log" 2>&1
-stamp "benchmark rc=$? (limit $BENCH_LIMIT s)"
+if [ "$TRAIN_ONLY" != 1 ]; then
+  timeout "$BENCH_LIMIT" $PY benchmarks/gpu.py $BENCH_ARGS --out "$W/bench" >"$W/logs/bench.log" 2>&1
+  stamp "benchmark rc=$? (limit $BENCH_LIMIT s)"
+fi
 
 for v in "${VARIANTS[@]}"; do
   name=${v%% *}
@@ -83,7 +94,7 @@ for folder in sorted((w / "models").iterdir()):
     moves = ", ".join(f"{m['step']}:{m['reason'][:4]}:{m['ema_exact_match']}" for m in t["curriculum"]["transitions"])
     f = t["final"] or {}
     print(f"{folder.name:15s} steps {t['steps']}/{t['steps_planned']} {t['wall_time_s']:.0f}s moves [{moves}] "
-          f"final loss {f.get('loss')} em {f.get('exact_match')} tok/s {f.get('tokens_per_s')}")
+          f"final loss {f.get('loss')} em {f.get('exact_match')} tok/s {f.get('tokens_per_s')} data {f.get('data_share')}")
 EOF
-tail -n 25 "$W/logs/bench.log"
+[ -f "$W/logs/bench.log" ] && tail -n 25 "$W/logs/bench.log"
 stamp "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

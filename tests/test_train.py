@@ -201,6 +201,58 @@ def test_resume_refuses_other_settings(tmp_path, monkeypatch):
         T.train(other, out, work, resume=True, log=lambda m: None)
 
 
+def _same_batch(a, b) -> bool:
+    return all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b, strict=True))
+
+
+def test_per_step_batches_are_the_same_in_workers_and_after_a_stage_change():
+    """``AheadBatches`` hands step k the batch ``step_batch(cfg, k, stage)`` would make here, made
+    ahead in worker processes; a batch made ahead for a stage that ended is made again."""
+    import functools
+
+    from depthkv.models.batch_source import AheadBatches
+
+    cfg = T.TrainConfig(name="tiny-llama", stages=SMALL_STAGES, data_stream="per_step")
+    plan = [(k, 0) for k in range(6)] + [(k, 1) for k in range(6, 10)]
+    assert not _same_batch(T.step_batch(cfg, 3, 0), T.step_batch(cfg, 4, 0))  # steps differ
+    assert not _same_batch(T.step_batch(cfg, 6, 0), T.step_batch(cfg, 6, 1))  # stages differ
+    with AheadBatches(functools.partial(T.step_batch, cfg), workers=2, depth=3) as ahead:
+        for k, stage in plan:
+            assert _same_batch(ahead.get(k, stage), T.step_batch(cfg, k, stage)), (k, stage)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        AheadBatches(functools.partial(T.step_batch, cfg), workers=0)
+
+
+def test_workers_train_the_same_weights_as_the_loop(tmp_path, monkeypatch):
+    """With ``data_stream="per_step"`` the run is the same with 0 or 2 batch workers, across the
+    stage change at step 10; the sequential stream refuses workers with a clear error."""
+    runs = {}
+    for workers in (0, 2):
+        cfg, out, work = _small_run(tmp_path, monkeypatch, f"w{workers}", data_stream="per_step", workers=workers)
+        summary = T.train(cfg, out, work, log=lambda m: None)
+        assert summary["machine"]["batch_workers"] == workers
+        assert summary["reproduce"].endswith("--data-stream per_step")
+        runs[workers] = load_file(out / "model.safetensors")
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[2][key]), key
+    sequential, out, work = _small_run(tmp_path, monkeypatch, "seq", workers=2)
+    with pytest.raises(ValueError, match="--workers 2 needs --data-stream per_step"):
+        T.train(sequential, out, work, log=lambda m: None)
+    with pytest.raises(ValueError, match="data_stream must be 'sequential' or 'per_step'"):
+        T.check_data_settings(T.TrainConfig(name="tiny-llama", data_stream="random"))
+
+
+def test_a_checkpoint_older_than_a_setting_counts_as_its_default():
+    from dataclasses import asdict, replace
+
+    cfg = T.TrainConfig(name="tiny-llama")
+    saved = {k: v for k, v in asdict(cfg).items() if k != "data_stream"}  # written before the field
+    assert T.resume_mismatch(saved, cfg) == []
+    assert T.resume_mismatch(saved, replace(cfg, data_stream="per_step")) == [
+        "data_stream: checkpoint 'sequential', now 'per_step'"
+    ]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="no CUDA device; use --device cpu"):

@@ -35,7 +35,9 @@ recipe is in ``docs/models.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -51,6 +53,7 @@ from typing import Any
 import torch
 
 from depthkv.jsonio import atomic_write_text
+from depthkv.models.batch_source import AheadBatches
 from depthkv.tasks import DEFAULT_TASKS, TASKS, ByteTokenizer, builtin_workload, score
 from depthkv.tasks.generators import GENERATORS
 from depthkv.tasks.text import key_question, random_value, random_word, scatter
@@ -140,6 +143,11 @@ class TrainConfig:
     filler_loss: bool = True  # also train on the filler text of the context (not on records)
     initializer_range: float = 0.06  # std of the initial weights
     batch_scale: int = 1  # multiplies every stage's batch_tokens (a GPU has room for far bigger batches)
+    # "sequential": one random stream for the whole run (the shipped models); "per_step": the batch
+    # of step k from its own seed, so it can be made ahead in ``workers`` processes (same batches
+    # for any number of workers).
+    data_stream: str = "sequential"
+    workers: int = 0  # processes making batches ahead (needs data_stream="per_step"; for GPUs)
     stages: tuple[dict[str, Any], ...] = STAGES
     # Most steps each stage but the last may take (it ends earlier once its accuracy is reached;
     # the steps it leaves go to the later stages). ``None``: planned from ``time_shares``.
@@ -327,6 +335,26 @@ def make_batch(rng: random.Random, cfg: TrainConfig, stage: dict[str, Any], toke
     return ids, labels, qid, n, context_length
 
 
+def step_batch(cfg: TrainConfig, step: int, stage: int):
+    """``make_batch`` for ``step`` in curriculum ``stage`` from the step's own seed
+    (``data_stream="per_step"``): the same batch whichever process makes it, and when."""
+    rng = random.Random(f"depthkv-train/{cfg.name}/{cfg.seed}/step/{step}")
+    return make_batch(rng, cfg, cfg.stages[stage], ByteTokenizer())
+
+
+def check_data_settings(cfg: TrainConfig) -> None:
+    """A clear error for a data stream or worker count that cannot work."""
+    if cfg.data_stream not in ("sequential", "per_step"):
+        raise ValueError(f"data_stream must be 'sequential' or 'per_step', got {cfg.data_stream!r}")
+    if cfg.workers < 0:
+        raise ValueError(f"workers must be >= 0, got {cfg.workers}")
+    if cfg.workers and cfg.data_stream != "per_step":
+        raise ValueError(
+            f"--workers {cfg.workers} needs --data-stream per_step (the sequential stream is one "
+            "random generator, it cannot be split across processes)"
+        )
+
+
 def answer_exact_match(logits: torch.Tensor, labels: torch.Tensor, qid: torch.Tensor, n: int) -> float:
     """Fraction of answers whose every token is the argmax (teacher forced)."""
     pred = logits[:, :-1].argmax(-1)
@@ -391,21 +419,25 @@ def _sync(device: torch.device) -> None:
 
 def _timed_steps(model, cfg: TrainConfig, tokenizer: ByteTokenizer) -> dict[int, float]:
     """Seconds per step (making the batch, forward + backward) in each stage, on a copy of the
-    model. Making the batch is ~1% of a CPU step but most of a GPU step with ``batch_scale``."""
+    model. Making the batch is ~1% of a CPU step but most of a GPU step with ``batch_scale``; with
+    ``workers`` it overlaps the step, which then takes the longer of the two (data / workers)."""
     probe = copy.deepcopy(model)
     device = next(probe.parameters()).device
     rng = random.Random("depthkv-train/probe")
     seconds = {}
     for index, stage in enumerate(cfg.stages):
-        times = []
+        data, compute = [], []
         for _ in range(3):
             start = time.perf_counter()
             ids, labels, _, _, _ = make_batch(rng, cfg, stage, tokenizer)
+            made = time.perf_counter()
             probe(input_ids=ids.to(device), labels=labels.to(device)).loss.backward()
             _sync(device)
-            times.append(time.perf_counter() - start)
+            data.append(made - start)
+            compute.append(time.perf_counter() - made)
             probe.zero_grad(set_to_none=True)
-        seconds[index] = sum(times[1:]) / 2
+        data_s, compute_s = sum(data[1:]) / 2, sum(compute[1:]) / 2
+        seconds[index] = max(compute_s, data_s / cfg.workers) if cfg.workers else data_s + compute_s
     return seconds
 
 
@@ -450,18 +482,22 @@ _RESUME_FIELDS = (
     "max_queries",
     "multi_key_prob",
     "batch_scale",
+    "data_stream",
     "filler_loss",
     "initializer_range",
 )
 
 
 def resume_mismatch(saved: dict, cfg: TrainConfig) -> list[str]:
-    """``"field: checkpoint X, now Y"`` for each setting that differs from the checkpoint's."""
+    """``"field: checkpoint X, now Y"`` for each setting that differs from the checkpoint's. A
+    setting newer than the checkpoint counts as its default there (what that run used)."""
     now = asdict(cfg)
+    fields = TrainConfig.__dataclass_fields__
+    was = {name: saved.get(name, fields[name].default) for name in _RESUME_FIELDS}
     return [
-        f"{name}: checkpoint {saved.get(name)!r}, now {now[name]!r}"
+        f"{name}: checkpoint {was[name]!r}, now {now[name]!r}"
         for name in _RESUME_FIELDS
-        if _plain(saved.get(name)) != _plain(now[name])
+        if _plain(was[name]) != _plain(now[name])
     ]
 
 
@@ -486,6 +522,7 @@ def resolve_device(name: str) -> torch.device:
 
 def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False, log=print) -> dict:
     device = resolve_device(cfg.device)
+    check_data_settings(cfg)
     torch.set_num_threads(cfg.threads)
     tokenizer = ByteTokenizer()
     preset = PRESETS[cfg.name]
@@ -533,77 +570,89 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
     last_ckpt = time.perf_counter()
     window: list[dict] = []
     stopped_early = False
-    while step < total:
-        if cfg.stop_at is not None and step >= cfg.stop_at:
-            stopped_early = True
-            log(f"stopping at step {step}/{total} (--stop-at)")
-            break
-        if elapsed > limit:
-            stopped_early = True
-            log(f"time limit (1.3 x budget) reached at step {step}/{total}")
-            break
-        started = time.perf_counter()
-        ids, labels, qid, n, context_length = make_batch(rng, cfg, cfg.stages[curriculum.stage], tokenizer)
-        data_seconds = time.perf_counter() - started
-        ids, labels, qid = ids.to(device), labels.to(device), qid.to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step, total)
-        out = model(input_ids=ids, labels=labels)
-        out.loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        exact = answer_exact_match(out.logits.detach(), labels, qid, n)
-        curriculum.update(cfg, stage_steps, step, exact)
-        step += 1
-        elapsed += time.perf_counter() - started
-        window.append(
-            {
-                "loss": float(out.loss.detach()),
-                "em": exact,
-                "tokens": ids.numel(),
-                "grad_norm": grad_norm,
-                "seconds": time.perf_counter() - started,
-                "data_seconds": data_seconds,
-            }
+    with contextlib.ExitStack() as stack:
+        # Worker processes making the next batches (data_stream per_step); closed at any exit.
+        ahead = (
+            stack.enter_context(AheadBatches(functools.partial(step_batch, cfg), cfg.workers))
+            if cfg.workers
+            else None
         )
-        if step % 10 == 0 or step == total:
-            record = {
-                "step": step,
-                "elapsed_s": round(elapsed, 1),
-                "stage_context": cfg.stages[curriculum.stage]["context"],
-                "context_length": context_length,
-                "lr": round(lr_at(cfg, step - 1, total), 6),
-                "loss": round(sum(w["loss"] for w in window) / len(window), 4),
-                "exact_match": round(sum(w["em"] for w in window) / len(window), 4),
-                "grad_norm": round(sum(w["grad_norm"] for w in window) / len(window), 3),
-                "tokens_per_s": round(sum(w["tokens"] for w in window) / sum(w["seconds"] for w in window)),
-                # Share of the step time spent making batches (Python, one core): most of a GPU step.
-                "data_share": round(sum(w["data_seconds"] for w in window) / sum(w["seconds"] for w in window), 3),
-            }
-            history.append(record)
-            window = []
-            log(json.dumps(record))
-        stopping = step == total or (cfg.stop_at is not None and step >= cfg.stop_at) or elapsed > limit
-        if time.perf_counter() - last_ckpt > 120 or stopping:
-            # Every stop leaves a checkpoint, so a cut run continues exactly with --resume.
-            _save_checkpoint(
-                ckpt_path,
+        while step < total:
+            if cfg.stop_at is not None and step >= cfg.stop_at:
+                stopped_early = True
+                log(f"stopping at step {step}/{total} (--stop-at)")
+                break
+            if elapsed > limit:
+                stopped_early = True
+                log(f"time limit (1.3 x budget) reached at step {step}/{total}")
+                break
+            started = time.perf_counter()
+            if ahead is not None:
+                ids, labels, qid, n, context_length = ahead.get(step, curriculum.stage)
+            elif cfg.data_stream == "per_step":
+                ids, labels, qid, n, context_length = step_batch(cfg, step, curriculum.stage)
+            else:
+                ids, labels, qid, n, context_length = make_batch(rng, cfg, cfg.stages[curriculum.stage], tokenizer)
+            data_seconds = time.perf_counter() - started
+            ids, labels, qid = ids.to(device), labels.to(device), qid.to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, step, total)
+            out = model(input_ids=ids, labels=labels)
+            out.loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            exact = answer_exact_match(out.logits.detach(), labels, qid, n)
+            curriculum.update(cfg, stage_steps, step, exact)
+            step += 1
+            elapsed += time.perf_counter() - started
+            window.append(
                 {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": rng.getstate(),
-                    "curriculum": asdict(curriculum),
-                    "step": step,
-                    "elapsed": elapsed,
-                    "history": history,
-                    "total": total,
-                    "probe_seconds": probe_seconds,
-                    "stage_steps": stage_steps,
-                    "config": asdict(cfg),
-                },
+                    "loss": float(out.loss.detach()),
+                    "em": exact,
+                    "tokens": ids.numel(),
+                    "grad_norm": grad_norm,
+                    "seconds": time.perf_counter() - started,
+                    "data_seconds": data_seconds,
+                }
             )
-            last_ckpt = time.perf_counter()
+            if step % 10 == 0 or step == total:
+                record = {
+                    "step": step,
+                    "elapsed_s": round(elapsed, 1),
+                    "stage_context": cfg.stages[curriculum.stage]["context"],
+                    "context_length": context_length,
+                    "lr": round(lr_at(cfg, step - 1, total), 6),
+                    "loss": round(sum(w["loss"] for w in window) / len(window), 4),
+                    "exact_match": round(sum(w["em"] for w in window) / len(window), 4),
+                    "grad_norm": round(sum(w["grad_norm"] for w in window) / len(window), 3),
+                    "tokens_per_s": round(sum(w["tokens"] for w in window) / sum(w["seconds"] for w in window)),
+                    # Share of the step time spent making batches (Python, one core): most of a GPU step.
+                    "data_share": round(sum(w["data_seconds"] for w in window) / sum(w["seconds"] for w in window), 3),
+                }
+                history.append(record)
+                window = []
+                log(json.dumps(record))
+            stopping = step == total or (cfg.stop_at is not None and step >= cfg.stop_at) or elapsed > limit
+            if time.perf_counter() - last_ckpt > 120 or stopping:
+                # Every stop leaves a checkpoint, so a cut run continues exactly with --resume.
+                _save_checkpoint(
+                    ckpt_path,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "rng": rng.getstate(),
+                        "curriculum": asdict(curriculum),
+                        "step": step,
+                        "elapsed": elapsed,
+                        "history": history,
+                        "total": total,
+                        "probe_seconds": probe_seconds,
+                        "stage_steps": stage_steps,
+                        "config": asdict(cfg),
+                    },
+                )
+                last_ckpt = time.perf_counter()
     model.eval()
     model.to("cpu")
     save_model(model, tokenizer, out_dir)
@@ -650,6 +699,8 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "device": str(device),
+            "batch_workers": cfg.workers,
+            "batches_remade": ahead.remade if ahead is not None else 0,
             **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         },
         "command": " ".join(["python", "-m", "depthkv.models.train", *sys.argv[1:]]),
@@ -658,6 +709,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
             f"--threads {cfg.threads} --steps {total} --stage-steps {' '.join(map(str, stage_steps))}"
             + (f" --device {cfg.device}" if cfg.device != "cpu" else "")
             + (f" --batch-scale {cfg.batch_scale}" if cfg.batch_scale != 1 else "")
+            + (f" --data-stream {cfg.data_stream}" if cfg.data_stream != "sequential" else "")
             + (f" --stop-at {step}" if step < total else "")
         ),
     }
@@ -968,6 +1020,19 @@ def main(argv: list[str] | None = None) -> None:
         help="multiply every stage's tokens per batch (e.g. 16 on a GPU; the learning rate is unchanged)",
     )
     parser.add_argument(
+        "--data-stream",
+        choices=("sequential", "per_step"),
+        default="sequential",
+        help="sequential: one random stream (the shipped models); per_step: each step's batch from its own "
+        "seed, which --workers can make ahead (same batches for any worker count)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes making batches ahead of the GPU (needs --data-stream per_step; 0: in the training loop)",
+    )
+    parser.add_argument(
         "--time-shares",
         type=float,
         nargs="+",
@@ -1011,6 +1076,8 @@ def main(argv: list[str] | None = None) -> None:
             threads=args.threads,
             device=args.device,
             batch_scale=args.batch_scale,
+            data_stream=args.data_stream,
+            workers=args.workers,
         )
         train(cfg, out_dir, work_dir, resume=args.resume, log=log)
     if not args.no_eval:
