@@ -74,7 +74,9 @@ def _items(workload: Any) -> tuple[list[_Item], dict[str, Any]]:
     return items, description
 
 
-def _encode(tokenizer: Any, text: str, special: bool) -> list[int]:
+def encode_text(tokenizer: Any, text: str, special: bool) -> list[int]:
+    """Token ids of ``text`` (a Hugging Face-style ``tokenizer(text)["input_ids"]``), with the
+    tokenizer's special tokens if ``special``; ``[]`` for empty text (no lone ``<s>``)."""
     if not text:
         return []
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
@@ -89,10 +91,10 @@ def encode_example(
     ``"prompt"`` prefills context + question and sends nothing before the answer.
     """
     if compress == "context":
-        ctx, rest = _encode(tokenizer, context, True), _encode(tokenizer, question, False)
+        ctx, rest = encode_text(tokenizer, context, True), encode_text(tokenizer, question, False)
     else:
-        ctx, rest = _encode(tokenizer, context + question, True), []
-    return ctx, rest, _encode(tokenizer, answer, False)
+        ctx, rest = encode_text(tokenizer, context + question, True), []
+    return ctx, rest, encode_text(tokenizer, answer, False)
 
 
 def _resolve_budget(budget: float | int, context_tokens: int, floor: int) -> int:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .apply import cache_kwarg
 from .attention import depthkv_attention_enabled
 from .cache import BudgetCache
-from .calibrate import _encode, encode_example
+from .calibrate import encode_example, encode_text
 from .fingerprint import fingerprint
 from .policies import PolicyConfig
 from .profile import Plan
@@ -67,7 +67,7 @@ class _Generator:
         self.kw = cache_kwarg(model)
         self.device = next(model.parameters()).device
         self.extra_tokens = extra_tokens
-        newline = _encode(tokenizer, "\n", False)
+        newline = encode_text(tokenizer, "\n", False)
         self.stop = newline[0] if (stop_at_newline and len(newline) == 1) else None
         self.eos = getattr(tokenizer, "eos_token_id", None)
 
