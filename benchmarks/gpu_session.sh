@@ -23,6 +23,7 @@ W=${WORK:-/tmp/depthkv-gpu-session}
 DRY=${DRY:-0}
 TRAIN_ONLY=${TRAIN_ONLY:-0}
 WORKERS=${WORKERS:-0}
+PROBE_EVERY=${PROBE_EVERY:-200}  # key-matching probe in the training log (depthkv/models/probes.py)
 rm -rf "$W" && mkdir -p "$OUT" "$W/models" "$W/logs" "$W/bench"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 DEVICE=cuda BENCH_ARGS="" KERNEL_TESTS_INTERPRET=0 PYTEST_K=""
@@ -57,7 +58,7 @@ for v in "${VARIANTS[@]}"; do
   [ "$WORKERS" -gt 0 ] && data=(--data-stream per_step --workers "$WORKERS")
   timeout "$LIMIT" $PY -m depthkv.models.train --name "$model" --recipe "$recipe" --batch-scale "$scale" \
     --lr "$lr" --minutes "$MINUTES" --device "$DEVICE" --no-eval --out "$W/models/$name" \
-    --work-dir "$W/work/$name" "${data[@]}" >"$W/logs/train-$name.log" 2>&1 &
+    --work-dir "$W/work/$name" --probe-every "$PROBE_EVERY" "${data[@]}" >"$W/logs/train-$name.log" 2>&1 &
   pids+=($!)
 done
 stamp "training ${#VARIANTS[@]} variants for $MINUTES min each (backstop ${LIMIT} s)"
@@ -93,6 +94,10 @@ for folder in sorted((w / "models").iterdir()):
     t = json.loads((folder / "training.json").read_text())
     moves = ", ".join(f"{m['step']}:{m['reason'][:4]}:{m['ema_exact_match']}" for m in t["curriculum"]["transitions"])
     f = t["final"] or {}
+    probed = [r for r in t["history"] if "key_match" in r]
+    if probed:
+        print(f"{folder.name:15s} key matching (2/4/8 records) by step: "
+              + " ".join(f"{r['step']}:{'/'.join(str(v) for v in r['key_match'].values())}" for r in probed[-6:]))
     print(f"{folder.name:15s} steps {t['steps']}/{t['steps_planned']} {t['wall_time_s']:.0f}s moves [{moves}] "
           f"final loss {f.get('loss')} em {f.get('exact_match')} tok/s {f.get('tokens_per_s')} data {f.get('data_share')}")
 EOF

@@ -242,6 +242,20 @@ def test_workers_train_the_same_weights_as_the_loop(tmp_path, monkeypatch):
         T.check_data_settings(T.TrainConfig(name="tiny-llama", data_stream="random"))
 
 
+def test_the_key_matching_probe_is_logged_and_changes_nothing(tmp_path, monkeypatch):
+    cfg, out, work = _small_run(tmp_path, monkeypatch, "plain")
+    T.train(cfg, out, work, log=lambda m: None)
+    probed_cfg, probed_out, probed_work = _small_run(tmp_path, monkeypatch, "probed", probe_every=10)
+    summary = T.train(probed_cfg, probed_out, probed_work, log=lambda m: None)
+    assert [sorted(r["key_match"]) for r in summary["history"]] == [["2", "4", "8"]] * 2
+    assert all(0.0 <= v <= 1.0 for r in summary["history"] for v in r["key_match"].values())
+    plain, probed = load_file(out / "model.safetensors"), load_file(probed_out / "model.safetensors")
+    for key in plain:
+        assert torch.equal(plain[key], probed[key]), key
+    with pytest.raises(ValueError, match="probe_every must be 0 or a multiple of 10"):
+        T.check_data_settings(T.TrainConfig(name="tiny-llama", probe_every=15))
+
+
 def test_a_checkpoint_older_than_a_setting_counts_as_its_default():
     from dataclasses import asdict, replace
 

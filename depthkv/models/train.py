@@ -54,6 +54,7 @@ import torch
 
 from depthkv.jsonio import atomic_write_text
 from depthkv.models.batch_source import AheadBatches
+from depthkv.models.probes import key_matching
 from depthkv.tasks import DEFAULT_TASKS, TASKS, ByteTokenizer, builtin_workload, score
 from depthkv.tasks.generators import GENERATORS
 from depthkv.tasks.text import key_question, random_value, random_word, scatter
@@ -148,6 +149,9 @@ class TrainConfig:
     # for any number of workers).
     data_stream: str = "sequential"
     workers: int = 0  # processes making batches ahead (needs data_stream="per_step"; for GPUs)
+    # Every this many steps, log the key-matching probe (depthkv.models.probes; 0: never). It
+    # uses its own prompts and random generator: the training run is the same with or without it.
+    probe_every: int = 0
     stages: tuple[dict[str, Any], ...] = STAGES
     # Most steps each stage but the last may take (it ends earlier once its accuracy is reached;
     # the steps it leaves go to the later stages). ``None``: planned from ``time_shares``.
@@ -343,11 +347,13 @@ def step_batch(cfg: TrainConfig, step: int, stage: int):
 
 
 def check_data_settings(cfg: TrainConfig) -> None:
-    """A clear error for a data stream or worker count that cannot work."""
+    """A clear error for a data stream, worker count or probe interval that cannot work."""
     if cfg.data_stream not in ("sequential", "per_step"):
         raise ValueError(f"data_stream must be 'sequential' or 'per_step', got {cfg.data_stream!r}")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
+    if cfg.probe_every < 0 or cfg.probe_every % 10:
+        raise ValueError(f"probe_every must be 0 or a multiple of 10 (steps are logged every 10), got {cfg.probe_every}")
     if cfg.workers and cfg.data_stream != "per_step":
         raise ValueError(
             f"--workers {cfg.workers} needs --data-stream per_step (the sequential stream is one "
@@ -630,6 +636,8 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
                     # Share of the step time spent making batches (Python, one core): most of a GPU step.
                     "data_share": round(sum(w["data_seconds"] for w in window) / sum(w["seconds"] for w in window), 3),
                 }
+                if cfg.probe_every and (step % cfg.probe_every == 0 or step == total):
+                    record["key_match"] = key_matching(model, tokenizer)
                 history.append(record)
                 window = []
                 log(json.dumps(record))
@@ -1027,6 +1035,12 @@ def main(argv: list[str] | None = None) -> None:
         "seed, which --workers can make ahead (same batches for any worker count)",
     )
     parser.add_argument(
+        "--probe-every",
+        type=int,
+        default=0,
+        help="log the key-matching probe (first answer digit right with 2/4/8 records) every N steps",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -1078,6 +1092,7 @@ def main(argv: list[str] | None = None) -> None:
             batch_scale=args.batch_scale,
             data_stream=args.data_stream,
             workers=args.workers,
+            probe_every=args.probe_every,
         )
         train(cfg, out_dir, work_dir, resume=args.resume, log=log)
     if not args.no_eval:
