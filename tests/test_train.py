@@ -202,7 +202,8 @@ def test_resume_refuses_other_settings(tmp_path, monkeypatch):
 
 
 def _same_batch(a, b) -> bool:
-    return all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b, strict=True))
+    pairs = zip(a, b, strict=True)
+    return all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in pairs)
 
 
 def test_per_step_batches_are_the_same_in_workers_and_after_a_stage_change():
@@ -228,7 +229,8 @@ def test_workers_train_the_same_weights_as_the_loop(tmp_path, monkeypatch):
     stage change at step 10; the sequential stream refuses workers with a clear error."""
     runs = {}
     for workers in (0, 2):
-        cfg, out, work = _small_run(tmp_path, monkeypatch, f"w{workers}", data_stream="per_step", workers=workers)
+        settings = dict(data_stream="per_step", workers=workers)
+        cfg, out, work = _small_run(tmp_path, monkeypatch, f"w{workers}", **settings)
         summary = T.train(cfg, out, work, log=lambda m: None)
         assert summary["machine"]["batch_workers"] == workers
         assert summary["reproduce"].endswith("--data-stream per_step")
@@ -254,6 +256,43 @@ def test_the_key_matching_probe_is_logged_and_changes_nothing(tmp_path, monkeypa
         assert torch.equal(plain[key], probed[key]), key
     with pytest.raises(ValueError, match="probe_every must be 0 or a multiple of 10"):
         T.check_data_settings(T.TrainConfig(name="tiny-llama", probe_every=15))
+
+
+def test_copy_rows_label_pieces_of_earlier_lines_found_by_content():
+    rng = random.Random(4)
+    for length in (20, 64, 200):
+        row = T.copy_row(rng, length, TOK)
+        assert row.ids[0] == TOK.bos_token_id and len(row.ids) == len(row.labels)
+        text = TOK.decode(row.ids[1:])
+        lines = text.split("\n")
+        sources = lines[: len(lines) - len(row.spans)]
+        assert sum(len(x) + 1 for x in sources) >= length and all(6 <= len(x) <= 14 for x in sources)
+        labelled = {i for i, label in enumerate(row.labels) if label != T.IGNORE}
+        assert labelled == {i for start, end in row.spans for i in range(start, end)}
+        for (start, end), line in zip(row.spans, lines[len(sources) :]):
+            tail = TOK.decode(row.ids[start:end])
+            assert row.labels[start:end] == row.ids[start:end] and line.endswith(tail)
+            # the labelled tail plus the two letters before it is a piece of a source line
+            piece = TOK.decode(row.ids[start - 2 : end])
+            assert len(piece) >= 4 and any(piece in source for source in sources), (piece, sources)
+    a, b = T.copy_row(random.Random(1), 64, TOK), T.copy_row(random.Random(1), 64, TOK)
+    assert (a.ids, a.labels, a.spans) == (b.ids, b.labels, b.spans)
+
+
+def test_v3_starts_with_copy_practice_at_its_own_rate(tmp_path):
+    cfg = T.recipe_config("tiny-llama", "v3")
+    assert cfg.lr == 1e-3 and cfg.initializer_range == 0.02
+    assert cfg.stages[0]["kinds"] == {"copy": 1.0} and cfg.stages[2:] == T.STAGES[1:]
+    assert len(cfg.time_shares) == len(cfg.stages) - 1
+    ids, labels, qid, n, _ = T.make_batch(random.Random(0), cfg, cfg.stages[0], TOK)
+    assert n > 0 and ":" not in TOK.decode(ids[0])  # copy rows: answers, and no records
+    # Without --lr the command line keeps the recipe's rate (and the replay command says it).
+    out = tmp_path / "v3"
+    argv = "--name tiny-llama --recipe v3 --steps 10 --stage-steps 5 1 1 1 1 --no-eval".split()
+    T.main([*argv, "--out", str(out), "--work-dir", str(tmp_path / "work")])
+    record = json.loads((out / "training.json").read_text())
+    assert record["config"]["lr"] == 1e-3 and " --lr 0.001 " in record["reproduce"]
+    assert record["curriculum"]["transitions"][0]["step"] == 5
 
 
 def test_a_checkpoint_older_than_a_setting_counts_as_its_default():
@@ -302,7 +341,7 @@ def test_filler_loss_labels_filler_lines_and_never_records():
 
 
 def test_unknown_recipe_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown recipe 'v9'; known: v1, v2"):
+    with pytest.raises(ValueError, match="unknown recipe 'v9'; known: v1, v2, v3"):
         T.recipe_config("tiny-llama", "v9")
     assert T.recipe_config("tiny-llama", "v1").filler_loss is False
     assert T.recipe_config("tiny-llama").initializer_range == 0.06
