@@ -241,7 +241,7 @@ def test_workers_train_the_same_weights_as_the_loop(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--workers 2 needs --data-stream per_step"):
         T.train(sequential, out, work, log=lambda m: None)
     with pytest.raises(ValueError, match="data_stream must be 'sequential' or 'per_step'"):
-        T.check_data_settings(T.TrainConfig(name="tiny-llama", data_stream="random"))
+        T.check_run_settings(T.TrainConfig(name="tiny-llama", data_stream="random"))
 
 
 def test_the_key_matching_probe_is_logged_and_changes_nothing(tmp_path, monkeypatch):
@@ -255,7 +255,7 @@ def test_the_key_matching_probe_is_logged_and_changes_nothing(tmp_path, monkeypa
     for key in plain:
         assert torch.equal(plain[key], probed[key]), key
     with pytest.raises(ValueError, match="probe_every must be 0 or a multiple of 10"):
-        T.check_data_settings(T.TrainConfig(name="tiny-llama", probe_every=15))
+        T.check_run_settings(T.TrainConfig(name="tiny-llama", probe_every=15))
 
 
 def test_copy_rows_label_pieces_of_earlier_lines_found_by_content():

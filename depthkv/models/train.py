@@ -321,9 +321,13 @@ def copy_row(rng: random.Random, context_length: int, tokenizer: ByteTokenizer) 
     offset) of one of them after 0-3 random letters. Each piece past its first two letters is a
     labelled span: it can only be found by matching those letters (the random prefix and offset
     rule out copying by position), the content ("induction") matching that key lookup needs."""
+
+    def letters(count: int) -> str:
+        return "".join(rng.choice(string.ascii_lowercase) for _ in range(count))
+
     lines: list[str] = []
-    while not lines or (len(lines) < 2 or sum(len(x) + 1 for x in lines) < context_length):
-        lines.append("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(6, 14))))
+    while len(lines) < 2 or sum(len(x) + 1 for x in lines) < context_length:
+        lines.append(letters(rng.randint(6, 14)))
     ids = tokenizer.encode("\n".join(lines), add_special_tokens=True)
     labels = [IGNORE] * len(ids)
     spans = []
@@ -331,7 +335,7 @@ def copy_row(rng: random.Random, context_length: int, tokenizer: ByteTokenizer) 
         source = rng.choice(lines)
         start = rng.randrange(0, len(source) - 3)
         piece = source[start : rng.randint(start + 4, len(source))]
-        noise = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(0, 3)))
+        noise = letters(rng.randint(0, 3))
         head = tokenizer.encode("\n" + noise + piece[:2])
         tail = tokenizer.encode(piece[2:])
         ids += head
@@ -403,7 +407,7 @@ def step_batch(cfg: TrainConfig, step: int, stage: int):
     return make_batch(rng, cfg, cfg.stages[stage], ByteTokenizer())
 
 
-def check_data_settings(cfg: TrainConfig) -> None:
+def check_run_settings(cfg: TrainConfig) -> None:
     """A clear error for a data stream, worker count or probe interval that cannot work."""
     if cfg.data_stream not in ("sequential", "per_step"):
         raise ValueError(f"data_stream must be 'sequential' or 'per_step', got {cfg.data_stream!r}")
@@ -587,7 +591,7 @@ def resolve_device(name: str) -> torch.device:
 
 def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False, log=print) -> dict:
     device = resolve_device(cfg.device)
-    check_data_settings(cfg)
+    check_run_settings(cfg)
     torch.set_num_threads(cfg.threads)
     tokenizer = ByteTokenizer()
     preset = PRESETS[cfg.name]
