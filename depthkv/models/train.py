@@ -31,16 +31,18 @@ clipping, fp32, one CPU thread (two threads were slower on the shared 2-core mac
 ``--device cuda`` with ``--batch-scale`` on a GPU. What was tried and measured while choosing this
 recipe is in ``docs/models.md``.
 
-Recipe ``v3`` (``--recipe v3``, for a GPU session; no shipped model uses it yet) puts a stage of
-content-copy practice (``copy_row``) before that curriculum: the v2 first stage never formed the
-content matching that key lookup needs, copy practice did in a 2-layer model (docs/models.md).
+Recipe ``v3`` (``--recipe v3``) puts a stage of content-copy practice (``copy_row``) before that
+curriculum: the v2 first stage never formed the content matching that key lookup needs, copy
+practice did in a 2-layer model (docs/models.md). Recipe ``v4`` trains v3 with progressive depth
+(``depthkv.models.grow``): 2 layers and 4x batches through copy practice and the first
+key-matching stage, where the circuit forms in about a thousand steps on the CPU, then the preset's
+full depth (new layers start as the identity) for the longer contexts.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import functools
 import json
 import math
@@ -59,6 +61,7 @@ import torch
 
 from depthkv.jsonio import atomic_write_text
 from depthkv.models.batch_source import AheadBatches
+from depthkv.models.grow import carry_adam_state, grow_model
 from depthkv.models.probes import key_matching
 from depthkv.tasks import DEFAULT_TASKS, TASKS, ByteTokenizer, builtin_workload, score
 from depthkv.tasks.generators import GENERATORS
@@ -150,6 +153,18 @@ RECIPES: dict[str, dict[str, Any]] = {
         "initializer_range": 0.02,
     },
 }
+# v4: v3's data and rate, with 4x batches and only 2 layers through copy practice and the first
+# key-matching stage (where such a model formed key matching on the CPU in ~1,300 steps), then grown
+# to the preset's depth (depthkv.models.grow) for the longer contexts, at v3's batch sizes.
+RECIPES["v4"] = {
+    **RECIPES["v3"],
+    "stages": tuple(
+        {**stage, "batch_tokens": stage["batch_tokens"] * 4} if index < 2 else stage
+        for index, stage in enumerate(RECIPES["v3"]["stages"])
+    ),
+    "start_layers": 2,
+    "grow_stage": 2,
+}
 
 
 @dataclass
@@ -180,6 +195,11 @@ class TrainConfig:
     # Every this many steps, log the key-matching probe (depthkv.models.probes; 0: never). It
     # uses its own prompts and random generator: the training run is the same with or without it.
     probe_every: int = 0
+    # Progressive depth (depthkv.models.grow): train with ``start_layers`` layers until curriculum
+    # stage ``grow_stage`` starts, then add zero-output layers up to the preset's depth (0: the
+    # preset's depth from the start).
+    start_layers: int = 0
+    grow_stage: int = 0
     stages: tuple[dict[str, Any], ...] = STAGES
     # Most steps each stage but the last may take (it ends earlier once its accuracy is reached;
     # the steps it leaves go to the later stages). ``None``: planned from ``time_shares``.
@@ -232,6 +252,28 @@ def new_model(preset: dict[str, Any], seed: int, initializer_range: float = 0.02
     torch.manual_seed(seed)
     config = build_config(preset, initializer_range)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+
+
+def layers_at(cfg: TrainConfig, stage: int) -> int:
+    """The model's depth during curriculum ``stage`` (``start_layers`` before ``grow_stage``)."""
+    full = PRESETS[cfg.name]["num_hidden_layers"]
+    return cfg.start_layers if cfg.start_layers and stage < cfg.grow_stage else full
+
+
+def model_at(cfg: TrainConfig, layers: int):
+    """A freshly initialized model of ``cfg``'s preset with ``layers`` layers (seeded)."""
+    return new_model({**PRESETS[cfg.name], "num_hidden_layers": layers}, cfg.seed, cfg.initializer_range)
+
+
+def new_optimizer(cfg: TrainConfig, model) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms and biases)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -417,6 +459,17 @@ def check_run_settings(cfg: TrainConfig) -> None:
         raise ValueError(
             f"probe_every must be 0 or a multiple of 10 (steps are logged every 10), got {cfg.probe_every}"
         )
+    if cfg.start_layers:
+        full = PRESETS[cfg.name]["num_hidden_layers"]
+        if not 1 <= cfg.start_layers < full:
+            raise ValueError(
+                f"start_layers must be between 1 and {full - 1} ({cfg.name} has {full} layers; 0 "
+                f"trains all of them from the start), got {cfg.start_layers}"
+            )
+        if not 1 <= cfg.grow_stage < len(cfg.stages):
+            raise ValueError(
+                f"grow_stage must name a later curriculum stage, 1..{len(cfg.stages) - 1}, got {cfg.grow_stage}"
+            )
     if cfg.workers and cfg.data_stream != "per_step":
         raise ValueError(
             f"--workers {cfg.workers} needs --data-stream per_step (the sequential stream is one "
@@ -486,15 +539,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_steps(model, cfg: TrainConfig, tokenizer: ByteTokenizer) -> dict[int, float]:
-    """Seconds per step (making the batch, forward + backward) in each stage, on a copy of the
-    model. Making the batch is ~1% of a CPU step but most of a GPU step with ``batch_scale``; with
+def _timed_steps(cfg: TrainConfig, tokenizer: ByteTokenizer, device: torch.device) -> dict[int, float]:
+    """Seconds per step (making the batch, forward + backward) in each stage, on a fresh model of
+    the depth that stage trains (``layers_at``). Making the batch is ~1% of a CPU step but most of a GPU step with ``batch_scale``; with
     ``workers`` it overlaps the step, which then takes the longer of the two (data / workers)."""
-    probe = copy.deepcopy(model)
-    device = next(probe.parameters()).device
     rng = random.Random("depthkv-train/probe")
     seconds = {}
     for index, stage in enumerate(cfg.stages):
+        probe = model_at(cfg, layers_at(cfg, index)).to(device)
         data, compute = [], []
         for _ in range(3):
             start = time.perf_counter()
@@ -554,6 +606,8 @@ _RESUME_FIELDS = (
     "data_stream",
     "filler_loss",
     "initializer_range",
+    "start_layers",
+    "grow_stage",
 )
 
 
@@ -595,14 +649,8 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
     torch.set_num_threads(cfg.threads)
     tokenizer = ByteTokenizer()
     preset = PRESETS[cfg.name]
-    model = new_model(preset, cfg.seed, cfg.initializer_range).to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=cfg.betas,
-    )
+    model = model_at(cfg, layers_at(cfg, 0)).to(device)
+    optimizer = new_optimizer(cfg, model)
     rng = random.Random(f"depthkv-train/{cfg.name}/{cfg.seed}")
     curriculum = Curriculum()
     ckpt_path = work_dir / "checkpoint.pt"
@@ -617,10 +665,13 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
                 f"{ckpt_path} was written with other settings ({'; '.join(mismatch)}); resume with "
                 "the same settings, or give another --work-dir to start afresh"
             )
+        curriculum = Curriculum(**state["curriculum"])
+        if layers_at(cfg, curriculum.stage) != model.config.num_hidden_layers:  # grown before the stop
+            model = model_at(cfg, layers_at(cfg, curriculum.stage)).to(device)
+            optimizer = new_optimizer(cfg, model)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
-        curriculum = Curriculum(**state["curriculum"])
         step, elapsed, history, total = state["step"], state["elapsed"], state["history"], state["total"]
         probe_seconds, stage_steps = state["probe_seconds"], state["stage_steps"]
         log(f"resumed at step {step}/{total} ({elapsed / 60:.1f} min trained)")
@@ -628,7 +679,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
         total = cfg.steps
         stage_steps = stage_steps or default_stage_steps(cfg, total)
     else:
-        probe_seconds = _timed_steps(model, cfg, tokenizer)
+        probe_seconds = _timed_steps(cfg, tokenizer, device)
         total, planned = plan_steps(probe_seconds, cfg, cfg.minutes)
         stage_steps = stage_steps or planned
         log(f"probe seconds/step by stage {probe_seconds} -> {total} steps, stage caps {stage_steps}")
@@ -676,6 +727,14 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
             exact = answer_exact_match(out.logits.detach(), labels, qid, n)
             curriculum.update(cfg, stage_steps, step, exact)
             step += 1
+            if layers_at(cfg, curriculum.stage) > model.config.num_hidden_layers:
+                small, old_optimizer = model, optimizer
+                model = grow_model(small, model_at(cfg, layers_at(cfg, curriculum.stage))).to(device)
+                model.train()
+                optimizer = new_optimizer(cfg, model)
+                carry_adam_state(small, old_optimizer, model, optimizer)
+                curriculum.transitions.append({"step": step, "grew_to_layers": model.config.num_hidden_layers})
+                log(f"step {step}: grew from {small.config.num_hidden_layers} to {model.config.num_hidden_layers} layers")
             elapsed += time.perf_counter() - started
             window.append(
                 {
@@ -787,6 +846,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
             + (f" --device {cfg.device}" if cfg.device != "cpu" else "")
             + (f" --batch-scale {cfg.batch_scale}" if cfg.batch_scale != 1 else "")
             + (f" --data-stream {cfg.data_stream}" if cfg.data_stream != "sequential" else "")
+            + (f" --start-layers {cfg.start_layers} --grow-stage {cfg.grow_stage}" if cfg.start_layers else "")
             + (f" --stop-at {step}" if step < total else "")
         ),
     }
@@ -893,7 +953,14 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         "| | |",
         "|---|---|",
         f"| class | `{training['architecture']}` (`model_type={config['model_type']}`), attention `sdpa` |",
-        f"| layers | {config['num_hidden_layers']} |",
+        f"| layers | {config['num_hidden_layers']}"
+        + (
+            f" (the first {training['config']['start_layers']} trained alone, the rest added at curriculum"
+            f" stage {training['config']['grow_stage']})"
+            if training["config"].get("start_layers")
+            else ""
+        )
+        + " |",
         f"| hidden size | {config['hidden_size']} (MLP {config['intermediate_size']}) |",
         f"| attention heads | {config['num_attention_heads']} query : {config['num_key_value_heads']} KV (GQA), head dim {head} |",
         f"| vocabulary | {config['vocab_size']} (ByteTokenizer's 259 ids: bytes, `<pad>`=256, `<s>`=257, `</s>`=258; rest unused) |",
@@ -932,10 +999,7 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         ),
         f"  (advance when the teacher-forced answer exact match EMA >= {training['curriculum']['advance_at']},",
         "  or at a stage's step cap); transitions: "
-        + "; ".join(
-            f"step {t['step']} -> {t['to_context']} ({t['reason']})"
-            for t in training["curriculum"]["transitions"]
-        )
+        + "; ".join(map(_transition, training["curriculum"]["transitions"]))
         + ".",
         f"- AdamW lr {training['schedule']['lr']}, {training['schedule']['warmup_steps']} warmup steps, constant,"
         f" cosine to {training['schedule']['min_lr']:.1e} over the last {training['config']['decay_fraction']:.0%}"
@@ -993,6 +1057,13 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         "",
     ]
     atomic_write_text(out_dir / "README.md", "\n".join(lines))
+
+
+def _transition(t: dict) -> str:
+    """One curriculum transition (a stage change or a growth in depth) as the card says it."""
+    if "grew_to_layers" in t:
+        return f"step {t['step']}: grown to {t['grew_to_layers']} layers (depthkv.models.grow)"
+    return f"step {t['step']} -> {t['to_context']} ({t['reason']})"
 
 
 def _init_std(training: dict) -> float:
@@ -1095,8 +1166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--batch-scale",
         type=int,
-        default=1,
-        help="multiply every stage's tokens per batch (e.g. 16 on a GPU; the learning rate is unchanged)",
+        help="multiply every stage's tokens per batch (default: the recipe's, 1 before v4; e.g. 16 on a GPU; "
+        "the learning rate is unchanged)",
     )
     parser.add_argument(
         "--data-stream",
@@ -1116,6 +1187,14 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=0,
         help="processes making batches ahead of the GPU (needs --data-stream per_step; 0: in the training loop)",
+    )
+    parser.add_argument(
+        "--start-layers",
+        type=int,
+        help="train this many layers first, then grow to the preset's depth (default: the recipe's; 0: no growth)",
+    )
+    parser.add_argument(
+        "--grow-stage", type=int, help="the curriculum stage at whose start the model grows (default: the recipe's)"
     )
     parser.add_argument(
         "--time-shares",
@@ -1160,10 +1239,12 @@ def main(argv: list[str] | None = None) -> None:
             **({"time_shares": tuple(args.time_shares)} if args.time_shares else {}),
             threads=args.threads,
             device=args.device,
-            batch_scale=args.batch_scale,
+            **({"batch_scale": args.batch_scale} if args.batch_scale is not None else {}),
             data_stream=args.data_stream,
             workers=args.workers,
             probe_every=args.probe_every,
+            **({"start_layers": args.start_layers} if args.start_layers is not None else {}),
+            **({"grow_stage": args.grow_stage} if args.grow_stage is not None else {}),
         )
         train(cfg, out_dir, work_dir, resume=args.resume, log=log)
     if not args.no_eval:
