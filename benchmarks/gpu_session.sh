@@ -38,27 +38,28 @@ stamp() { echo "[+$((SECONDS - START)) s] $*"; }
 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"; nproc; } > "$W/logs/machine.txt" 2>&1
 tail -n 2 "$W/logs/machine.txt"
 
-# name  model  recipe  batch-scale  lr
+# name  model  recipe  batch-scale  lr  seed
 # Four at most: on 2026-11-28 six processes with 16x batches ran the 141 GiB card out of memory
-# (benchmarks/results/gpu-session-2026-11-28/). qwen2-v1-b16 is the shipped tiny-qwen2's setting;
-# v3 (copy practice first, docs/models.md) against the best earlier recipe of each model.
+# (benchmarks/results/gpu-session-2026-11-28/). v4 (progressive depth) formed key matching for
+# tiny-llama on the CPU; tiny-qwen2's four CPU attempts stalled on the copy plateau, so the GPU
+# tries it with three seeds at once (docs/models.md).
 VARIANTS=(
-  "llama-v2-b16 tiny-llama v2 16 2e-3"
-  "llama-v3-b16 tiny-llama v3 16 1e-3"
-  "qwen2-v1-b16 tiny-qwen2 v1 16 2e-3"
-  "qwen2-v3-b16 tiny-qwen2 v3 16 1e-3"
+  "llama-v4-b4 tiny-llama v4 4 1e-3 0"
+  "qwen2-v4-b4-s0 tiny-qwen2 v4 4 1e-3 0"
+  "qwen2-v4-b4-s1 tiny-qwen2 v4 4 1e-3 1"
+  "qwen2-v4-b4-s2 tiny-qwen2 v4 4 1e-3 2"
 )
 [ "$DRY" = 1 ] && VARIANTS=("${VARIANTS[1]}" "${VARIANTS[2]}")  # two processes for two CPU cores
 # The trainer stops itself at 1.3 x --minutes; the timeout is only a backstop.
 LIMIT=$($PY -c "print(int($MINUTES * 60 * 1.3 + 45))")
 pids=()
 for v in "${VARIANTS[@]}"; do
-  read -r name model recipe scale lr <<<"$v"
+  read -r name model recipe scale lr seed <<<"$v"
   [ "$DRY" = 1 ] && scale=1  # a CPU cannot probe 16x batches quickly
   data=()
   [ "$WORKERS" -gt 0 ] && data=(--data-stream per_step --workers "$WORKERS")
   timeout "$LIMIT" $PY -m depthkv.models.train --name "$model" --recipe "$recipe" --batch-scale "$scale" \
-    --lr "$lr" --minutes "$MINUTES" --device "$DEVICE" --no-eval --out "$W/models/$name" \
+    --lr "$lr" --seed "$seed" --minutes "$MINUTES" --device "$DEVICE" --no-eval --out "$W/models/$name" \
     --work-dir "$W/work/$name" --probe-every "$PROBE_EVERY" "${data[@]}" >"$W/logs/train-$name.log" 2>&1 &
   pids+=($!)
 done
@@ -93,7 +94,10 @@ from pathlib import Path
 w = Path(sys.argv[1])
 for folder in sorted((w / "models").iterdir()):
     t = json.loads((folder / "training.json").read_text())
-    moves = ", ".join(f"{m['step']}:{m['reason'][:4]}:{m['ema_exact_match']}" for m in t["curriculum"]["transitions"])
+    moves = ", ".join(
+        f"{m['step']}:grew:{m['grew_to_layers']}" if "grew_to_layers" in m else f"{m['step']}:{m['reason'][:4]}:{m['ema_exact_match']}"
+        for m in t["curriculum"]["transitions"]
+    )
     f = t["final"] or {}
     probed = [r for r in t["history"] if "key_match" in r]
     if probed:

@@ -116,3 +116,18 @@ def test_bad_growth_settings_are_clear_errors(monkeypatch):
         T.check_run_settings(T.TrainConfig(name="tiny-llama", stages=STAGES, start_layers=2, grow_stage=1))
     with pytest.raises(ValueError, match=r"grow_stage must name a later curriculum stage, 1\.\.1"):
         T.check_run_settings(T.TrainConfig(name="tiny-llama", stages=STAGES, start_layers=1, grow_stage=0))
+
+
+def test_shallow_bias_off_keeps_the_biases_at_zero_until_the_growth(monkeypatch):
+    monkeypatch.setitem(T.PRESETS, "tiny-qwen2", dict(TWO_LAYERS, family="qwen2"))
+    cfg = T.TrainConfig(name="tiny-qwen2", stages=STAGES, start_layers=1, grow_stage=1, shallow_bias=False)
+    small, large = T.model_at(cfg, 1), T.model_at(cfg, 2)
+    biases = {id(p) for name, p in small.named_parameters() if name.endswith("_proj.bias")}
+    assert len(biases) == 3  # Qwen2's q/k/v
+    trained = {id(p) for group in T.new_optimizer(cfg, small).param_groups for p in group["params"]}
+    assert not biases & trained and len(trained) == len(list(small.parameters())) - 3
+    grown = grow_model(small, large)
+    everything = {id(p) for group in T.new_optimizer(cfg, grown).param_groups for p in group["params"]}
+    assert everything == {id(p) for p in grown.parameters()}
+    on = T.TrainConfig(name="tiny-qwen2", stages=STAGES, start_layers=1, grow_stage=1)
+    assert biases <= {id(p) for group in T.new_optimizer(on, small).param_groups for p in group["params"]}

@@ -164,6 +164,7 @@ RECIPES["v4"] = {
     ),
     "start_layers": 2,
     "grow_stage": 2,
+    "shallow_bias": False,
 }
 
 
@@ -200,6 +201,7 @@ class TrainConfig:
     # preset's depth from the start).
     start_layers: int = 0
     grow_stage: int = 0
+    shallow_bias: bool = True  # train linear biases (Qwen2's q/k/v) before the growth too
     stages: tuple[dict[str, Any], ...] = STAGES
     # Most steps each stage but the last may take (it ends earlier once its accuracy is reached;
     # the steps it leaves go to the later stages). ``None``: planned from ``time_shares``.
@@ -266,9 +268,14 @@ def model_at(cfg: TrainConfig, layers: int):
 
 
 def new_optimizer(cfg: TrainConfig, model) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms and biases)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW with weight decay on matrices only (not on norms and biases). Before the model grows,
+    ``shallow_bias=False`` leaves the linear layers' biases (Qwen2's q/k/v) out: they stay at their
+    initial zeros and train only once the model has its full depth."""
+    shallow = cfg.start_layers and model.config.num_hidden_layers < PRESETS[cfg.name]["num_hidden_layers"]
+    frozen = shallow and not cfg.shallow_bias
+    params = [p for name, p in model.named_parameters() if not (frozen and name.endswith("_proj.bias"))]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
@@ -608,6 +615,7 @@ _RESUME_FIELDS = (
     "initializer_range",
     "start_layers",
     "grow_stage",
+    "shallow_bias",
 )
 
 
