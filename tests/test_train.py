@@ -201,6 +201,38 @@ def test_resume_refuses_other_settings(tmp_path, monkeypatch):
         T.train(other, out, work, resume=True, log=lambda m: None)
 
 
+def test_a_finished_run_extends_on_the_schedule_of_its_new_total(tmp_path, monkeypatch):
+    """``extend_to`` continues a finished run's checkpoint to a larger total: the recorded steps
+    before it are untouched, the learning rate after it follows the new total's schedule, and the
+    record says how to replay both parts."""
+    cfg, out, work = _small_run(tmp_path, monkeypatch, "run")
+    first = T.train(cfg, out, work, log=lambda m: None)
+    assert first["extensions"] == [] and first["reproduce_extensions"] == []
+    logs: list[str] = []
+    second = T.train(cfg, out, work, resume=True, log=logs.append, extend_to=30)
+    assert second["steps"] == 30 and second["steps_planned"] == 30 and not second["stopped_early"]
+    assert second["extensions"] == [{"at_step": 20, "from_total": 20, "to_total": 30}]
+    assert second["history"][:2] == first["history"]
+    assert [r["lr"] for r in second["history"][2:]] == [round(T.lr_at(cfg, 29, 30), 6)]
+    assert T.lr_at(cfg, 20, 30) > T.lr_at(cfg, 19, 20)  # the decay restarts
+    assert any("extended from 20 to 30 steps" in m for m in logs)
+    record = json.loads((out / "training.json").read_text())
+    assert record["reproduce"].endswith("--steps 20 --stage-steps 10")
+    assert record["reproduce_extensions"] == [record["reproduce"] + " --resume --extend-to 30"]
+    # Resuming the extended run's checkpoint with the same total is a no-op extension.
+    third = T.train(cfg, out, work, resume=True, log=lambda m: None, extend_to=30)
+    assert third["extensions"] == second["extensions"] and third["steps"] == 30
+
+
+def test_extend_to_needs_a_checkpoint_and_a_larger_total(tmp_path, monkeypatch):
+    cfg, out, work = _small_run(tmp_path, monkeypatch, "run")
+    with pytest.raises(ValueError, match=r"--extend-to continues a run from its checkpoint: give --resume"):
+        T.train(cfg, out, work, log=lambda m: None, extend_to=30)
+    T.train(cfg, out, work, log=lambda m: None)
+    with pytest.raises(ValueError, match=r"--extend-to 15 is below the run's planned 20 steps"):
+        T.train(cfg, out, work, resume=True, log=lambda m: None, extend_to=15)
+
+
 def _same_batch(a, b) -> bool:
     pairs = zip(a, b, strict=True)
     return all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in pairs)

@@ -9,6 +9,10 @@ or give a wall-clock budget, turned into step caps per stage by timing a few ste
 
     python -m depthkv.models.train --name tiny-llama --minutes 55
 
+A finished (or cut) run continues to a larger total with ``--resume --extend-to N`` (same
+arguments otherwise); the learning rate follows the schedule of the new total, and ``training.json``
+records each extension with the command that replays it (``reproduce_extensions``).
+
 ``--eval-only`` then measures the full-cache accuracy table and writes ``evaluation.json`` and the
 model card ``README.md`` into the model folder (``--card-only`` rewrites the card from it).
 
@@ -651,7 +655,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False, log=print) -> dict:
+def train(
+    cfg: TrainConfig,
+    out_dir: Path,
+    work_dir: Path,
+    resume: bool = False,
+    log=print,
+    extend_to: int | None = None,
+) -> dict:
+    """Train ``cfg`` into ``out_dir`` (checkpoints in ``work_dir``). ``resume`` continues the
+    checkpoint there; ``extend_to`` (with ``resume``) raises a finished or cut run's planned total to
+    that many steps: the learning rate then follows the schedule of the new total (a finished run's
+    decay restarts from near the peak). Extensions are recorded in ``training.json``."""
     device = resolve_device(cfg.device)
     check_run_settings(cfg)
     torch.set_num_threads(cfg.threads)
@@ -662,7 +677,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
     rng = random.Random(f"depthkv-train/{cfg.name}/{cfg.seed}")
     curriculum = Curriculum()
     ckpt_path = work_dir / "checkpoint.pt"
-    step, elapsed, history = 0, 0.0, []
+    step, elapsed, history, extensions = 0, 0.0, [], []
     probe_seconds = None
     stage_steps = list(cfg.stage_steps) if cfg.stage_steps is not None else None
     if resume and ckpt_path.exists():
@@ -682,7 +697,25 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
         rng.setstate(state["rng"])
         step, elapsed, history, total = state["step"], state["elapsed"], state["history"], state["total"]
         probe_seconds, stage_steps = state["probe_seconds"], state["stage_steps"]
+        extensions = state.get("extensions", [])
         log(f"resumed at step {step}/{total} ({elapsed / 60:.1f} min trained)")
+        if extend_to is not None and extend_to != total:
+            if extend_to < total:
+                raise ValueError(
+                    f"--extend-to {extend_to} is below the run's planned {total} steps; give a larger "
+                    f"total (or plain --resume to finish the planned {total})"
+                )
+            extensions.append({"at_step": step, "from_total": total, "to_total": extend_to})
+            log(
+                f"extended from {total} to {extend_to} steps: learning rate {lr_at(cfg, step - 1, total):.2e}"
+                f" at step {step} before, {lr_at(cfg, step, extend_to):.2e} on the new schedule"
+            )
+            total = extend_to
+    elif extend_to is not None:
+        raise ValueError(
+            f"--extend-to continues a run from its checkpoint: give --resume and the --work-dir that holds "
+            f"it ({ckpt_path} {'exists' if ckpt_path.exists() else 'does not exist'})"
+        )
     elif cfg.steps is not None:
         total = cfg.steps
         stage_steps = stage_steps or default_stage_steps(cfg, total)
@@ -791,6 +824,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
                         "elapsed": elapsed,
                         "history": history,
                         "total": total,
+                        "extensions": extensions,
                         "probe_seconds": probe_seconds,
                         "stage_steps": stage_steps,
                         "config": asdict(cfg),
@@ -802,6 +836,15 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
     save_model(model, tokenizer, out_dir)
     import transformers
 
+    base = (
+        f"python -m depthkv.models.train --name {cfg.name} --recipe {cfg.recipe} --seed {cfg.seed} --lr {cfg.lr} "
+        f"--threads {cfg.threads} --steps {extensions[0]['from_total'] if extensions else total} "
+        f"--stage-steps {' '.join(map(str, stage_steps))}"
+        + (f" --device {cfg.device}" if cfg.device != "cpu" else "")
+        + (f" --batch-scale {cfg.batch_scale}" if cfg.batch_scale != 1 else "")
+        + (f" --data-stream {cfg.data_stream}" if cfg.data_stream != "sequential" else "")
+        + (f" --start-layers {cfg.start_layers} --grow-stage {cfg.grow_stage}" if cfg.start_layers else "")
+    )
     summary = {
         "name": cfg.name,
         "architecture": model.config.architectures[0] if model.config.architectures else type(model).__name__,
@@ -810,6 +853,7 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
         "config": asdict(cfg),
         "seed": cfg.seed,
         "steps_planned": total,
+        "extensions": extensions,
         "steps": step,
         "stopped_early": stopped_early,
         "probe_seconds_per_step": probe_seconds,
@@ -848,15 +892,13 @@ def train(cfg: TrainConfig, out_dir: Path, work_dir: Path, resume: bool = False,
             **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         },
         "command": " ".join(["python", "-m", "depthkv.models.train", *sys.argv[1:]]),
-        "reproduce": (
-            f"python -m depthkv.models.train --name {cfg.name} --recipe {cfg.recipe} --seed {cfg.seed} --lr {cfg.lr} "
-            f"--threads {cfg.threads} --steps {total} --stage-steps {' '.join(map(str, stage_steps))}"
-            + (f" --device {cfg.device}" if cfg.device != "cpu" else "")
-            + (f" --batch-scale {cfg.batch_scale}" if cfg.batch_scale != 1 else "")
-            + (f" --data-stream {cfg.data_stream}" if cfg.data_stream != "sequential" else "")
-            + (f" --start-layers {cfg.start_layers} --grow-stage {cfg.grow_stage}" if cfg.start_layers else "")
-            + (f" --stop-at {step}" if step < total else "")
-        ),
+        "reproduce": base + (f" --stop-at {step}" if step < total and not extensions else ""),
+        # Each extension: the same command again, continuing the checkpoint the one before left.
+        "reproduce_extensions": [
+            f"{base} --resume --extend-to {e['to_total']}"
+            + (f" --stop-at {step}" if step < total and i == len(extensions) - 1 else "")
+            for i, e in enumerate(extensions)
+        ],
     }
     atomic_write_text(out_dir / "training.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -985,6 +1027,7 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         " every 10 steps, curriculum transitions) in `training.json`. Exact replay:",
         "",
         "    " + training["reproduce"],
+        *["    " + command for command in training.get("reproduce_extensions", [])],
         "",
         "- Data: generated on the fly in the exact text format of `depthkv.tasks` (no download): contexts from",
         "  the task generators `niah_single`, `niah_multikey`, `niah_multivalue`, `niah_multiquery`,",
@@ -1216,6 +1259,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="model folder (default: depthkv/models/<name>)")
     parser.add_argument("--work-dir", type=Path, help="checkpoints (default: /tmp/depthkv-train/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue from the work dir's checkpoint")
+    parser.add_argument(
+        "--extend-to",
+        type=int,
+        help="with --resume: raise the run's planned total to this many steps (the learning-rate schedule "
+        "follows the new total); recorded in training.json",
+    )
     parser.add_argument("--eval-only", action="store_true", help="only evaluate and write the card")
     parser.add_argument("--no-eval", action="store_true", help="train only")
     parser.add_argument("--card-only", action="store_true", help="rewrite README.md from evaluation.json")
@@ -1254,7 +1303,7 @@ def main(argv: list[str] | None = None) -> None:
             **({"start_layers": args.start_layers} if args.start_layers is not None else {}),
             **({"grow_stage": args.grow_stage} if args.grow_stage is not None else {}),
         )
-        train(cfg, out_dir, work_dir, resume=args.resume, log=log)
+        train(cfg, out_dir, work_dir, resume=args.resume, log=log, extend_to=args.extend_to)
     if not args.no_eval:
         trained_length = STAGES[-1]["context"]
         run_evaluation(
