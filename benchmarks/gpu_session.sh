@@ -41,13 +41,14 @@ tail -n 2 "$W/logs/machine.txt"
 # name  model  recipe  batch-scale  lr  seed
 # Four at most: on 2026-11-28 six processes with 16x batches ran the 141 GiB card out of memory
 # (benchmarks/results/gpu-session-2026-11-28/). v4 (progressive depth) formed key matching for
-# tiny-llama on the CPU; tiny-qwen2's four CPU attempts stalled on the copy plateau, so the GPU
-# tries it with three seeds at once (docs/models.md).
+# both models on the CPU; tiny-qwen2 left the copy plateau only with seed 4 (seeds 0-3 stalled),
+# so the GPU tries it with three seeds at once, seed 4 among them (docs/models.md). Larger
+# batches change the data each seed sees, so seed 4's escape on the CPU does not carry over.
 VARIANTS=(
   "llama-v4-b4 tiny-llama v4 4 1e-3 0"
   "qwen2-v4-b4-s0 tiny-qwen2 v4 4 1e-3 0"
   "qwen2-v4-b4-s1 tiny-qwen2 v4 4 1e-3 1"
-  "qwen2-v4-b4-s2 tiny-qwen2 v4 4 1e-3 2"
+  "qwen2-v4-b4-s4 tiny-qwen2 v4 4 1e-3 4"
 )
 [ "$DRY" = 1 ] && VARIANTS=("${VARIANTS[1]}" "${VARIANTS[2]}")  # two processes for two CPU cores
 # The trainer stops itself at 1.3 x --minutes; the timeout is only a backstop.
