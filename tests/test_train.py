@@ -219,6 +219,9 @@ def test_a_finished_run_extends_on_the_schedule_of_its_new_total(tmp_path, monke
     record = json.loads((out / "training.json").read_text())
     assert record["reproduce"].endswith("--steps 20 --stage-steps 10")
     assert record["reproduce_extensions"] == [record["reproduce"] + " --resume --extend-to 30"]
+    (card_line,) = T._extension_lines(record)
+    assert "from step 20 to 30 (`--resume --extend-to 30`)" in card_line and "at step 30" in card_line
+    assert T._extension_lines(first) == []
     # Resuming the extended run's checkpoint with the same total is a no-op extension.
     third = T.train(cfg, out, work, resume=True, log=lambda m: None, extend_to=30)
     assert third["extensions"] == second["extensions"] and third["steps"] == 30

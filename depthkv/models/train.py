@@ -1061,6 +1061,7 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         f"- {training['steps']} steps in {training['wall_time_s'] / 60:.1f} minutes on {_where(training)},"
         f" seed {training['seed']};"
         f" torch {training['versions']['torch']}, transformers {training['versions']['transformers']}.",
+        *_extension_lines(training),
         f"- Final training batches: {'loss' if training['config'].get('filler_loss') else 'answer loss'}"
         f" {training['final']['loss']}, teacher-forced answer exact match"
         f" {training['final']['exact_match']} (context {training['final']['stage_context']}).",
@@ -1120,6 +1121,20 @@ def _transition(t: dict) -> str:
 def _init_std(training: dict) -> float:
     """The initial weights' std of a run (older records kept it in the preset)."""
     return training["config"].get("initializer_range", training["preset"].get("initializer_range", 0.02))
+
+
+def _extension_lines(training: dict) -> list[str]:
+    """The card's account of ``--extend-to`` continuations (none for a run trained in one go)."""
+    lines = []
+    for e in training.get("extensions", []):
+        after = next((r for r in training["history"] if r["step"] > e["at_step"]), None)
+        restart = f" (learning rate {after['lr']:.1e} at step {after['step']})" if after else ""
+        lines.append(
+            f"- Extended: trained to its planned {e['from_total']} steps, then continued from step {e['at_step']}"
+            f" to {e['to_total']} (`--resume --extend-to {e['to_total']}`), the learning rate following the"
+            f" schedule of the new total{restart}."
+        )
+    return lines
 
 
 def _where(training: dict) -> str:
