@@ -227,6 +227,26 @@ def test_a_finished_run_extends_on_the_schedule_of_its_new_total(tmp_path, monke
     assert third["extensions"] == second["extensions"] and third["steps"] == 30
 
 
+def test_a_cut_run_extended_replays_with_the_stop_of_each_part(tmp_path, monkeypatch):
+    """A run cut at step 10 of 20, extended to 40 and cut again at 30: each replay command stops
+    where its part stopped, and running them in order ends with the same weights."""
+    cfg, out, work = _small_run(tmp_path, monkeypatch, "run", stop_at=10)
+    T.train(cfg, out, work, log=lambda m: None)
+    cut_again, _, _ = _small_run(tmp_path, monkeypatch, "run", stop_at=30)
+    record = T.train(cut_again, out, work, resume=True, log=lambda m: None, extend_to=40)
+    assert record["steps"] == 30 and record["extensions"] == [{"at_step": 10, "from_total": 20, "to_total": 40}]
+    assert record["reproduce"].endswith("--steps 20 --stage-steps 10 --stop-at 10")
+    assert record["reproduce_extensions"] == [
+        record["reproduce"].removesuffix(" --stop-at 10") + " --resume --extend-to 40 --stop-at 30"
+    ]
+    # The same two parts run again from scratch, as the commands say.
+    replay_out, replay_work = tmp_path / "replay", tmp_path / "replay-work"
+    T.train(cfg, replay_out, replay_work, log=lambda m: None)
+    T.train(cut_again, replay_out, replay_work, resume=True, log=lambda m: None, extend_to=40)
+    first, second = load_file(out / "model.safetensors"), load_file(replay_out / "model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_extend_to_needs_a_checkpoint_and_a_larger_total(tmp_path, monkeypatch):
     cfg, out, work = _small_run(tmp_path, monkeypatch, "run")
     with pytest.raises(ValueError, match=r"--extend-to continues a run from its checkpoint: give --resume"):

@@ -845,6 +845,9 @@ def train(
         + (f" --data-stream {cfg.data_stream}" if cfg.data_stream != "sequential" else "")
         + (f" --start-layers {cfg.start_layers} --grow-stage {cfg.grow_stage}" if cfg.start_layers else "")
     )
+    # (stopped at, planned total) of each part of the run: the first, then each extension.
+    ends = [(e["at_step"], e["from_total"]) for e in extensions] + [(step, total)]
+    stops = [at if at < planned else None for at, planned in ends]
     summary = {
         "name": cfg.name,
         "architecture": model.config.architectures[0] if model.config.architectures else type(model).__name__,
@@ -892,12 +895,12 @@ def train(
             **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         },
         "command": " ".join(["python", "-m", "depthkv.models.train", *sys.argv[1:]]),
-        "reproduce": base + (f" --stop-at {step}" if step < total and not extensions else ""),
-        # Each extension: the same command again, continuing the checkpoint the one before left.
+        # One command per part: the first run, then each extension continuing the checkpoint the
+        # part before left; a part that stopped before its planned total carries its --stop-at.
+        "reproduce": base + _stop_at(stops[0]),
         "reproduce_extensions": [
-            f"{base} --resume --extend-to {e['to_total']}"
-            + (f" --stop-at {step}" if step < total and i == len(extensions) - 1 else "")
-            for i, e in enumerate(extensions)
+            f"{base} --resume --extend-to {e['to_total']}" + _stop_at(stop)
+            for e, stop in zip(extensions, stops[1:], strict=True)
         ],
     }
     atomic_write_text(out_dir / "training.json", json.dumps(summary, indent=2) + "\n")
@@ -1123,6 +1126,10 @@ def _init_std(training: dict) -> float:
     return training["config"].get("initializer_range", training["preset"].get("initializer_range", 0.02))
 
 
+def _stop_at(step: int | None) -> str:
+    return f" --stop-at {step}" if step is not None else ""
+
+
 def _extension_lines(training: dict) -> list[str]:
     """The card's account of ``--extend-to`` continuations (none for a run trained in one go)."""
     lines = []
@@ -1130,7 +1137,7 @@ def _extension_lines(training: dict) -> list[str]:
         after = next((r for r in training["history"] if r["step"] > e["at_step"]), None)
         restart = f" (learning rate {after['lr']:.1e} at step {after['step']})" if after else ""
         lines.append(
-            f"- Extended: trained to its planned {e['from_total']} steps, then continued from step {e['at_step']}"
+            f"- Extended: planned for {e['from_total']} steps, continued from step {e['at_step']}"
             f" to {e['to_total']} (`--resume --extend-to {e['to_total']}`), the learning rate following the"
             f" schedule of the new total{restart}."
         )
