@@ -229,7 +229,8 @@ def test_a_finished_run_extends_on_the_schedule_of_its_new_total(tmp_path, monke
 
 def test_a_cut_run_extended_replays_with_the_stop_of_each_part(tmp_path, monkeypatch):
     """A run cut at step 10 of 20, extended to 40 and cut again at 30: each replay command stops
-    where its part stopped, and running them in order ends with the same weights."""
+    where its part stopped, and the same two parts run again from scratch (through ``train``, with
+    the settings those commands give) end with the same weights."""
     cfg, out, work = _small_run(tmp_path, monkeypatch, "run", stop_at=10)
     T.train(cfg, out, work, log=lambda m: None)
     cut_again, _, _ = _small_run(tmp_path, monkeypatch, "run", stop_at=30)
