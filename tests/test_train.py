@@ -45,13 +45,20 @@ def _values(context: str) -> dict[str, list[str]]:
     return values
 
 
-@pytest.mark.parametrize("stage", range(len(T.STAGES)))
-def test_rows_label_exactly_the_answers_and_the_answers_are_right(stage):
+V5_STAGES = T.RECIPES["v5"]["stages"]
+
+
+@pytest.mark.parametrize(
+    "stages, stage",
+    [(T.STAGES, i) for i in range(len(T.STAGES))] + [(V5_STAGES, i) for i in range(3, len(V5_STAGES))],
+    ids=[f"v2-{i}" for i in range(len(T.STAGES))] + [f"v5-{i}" for i in range(3, len(V5_STAGES))],
+)
+def test_rows_label_exactly_the_answers_and_the_answers_are_right(stages, stage):
     cfg = T.TrainConfig(name="tiny-llama", filler_loss=False)
     rng = random.Random(stage)
     for _ in range(20):
-        length = rng.randint(T.STAGES[stage]["min_context"], T.STAGES[stage]["context"])
-        row = T.make_row(rng, cfg, T.STAGES[stage], length, TOK)
+        length = rng.randint(stages[stage]["min_context"], stages[stage]["context"])
+        row = T.make_row(rng, cfg, stages[stage], length, TOK)
         assert len(row.ids) == len(row.labels)
         assert row.ids[0] == TOK.bos_token_id
         text = TOK.decode(row.ids[1:])
@@ -77,6 +84,63 @@ def test_rows_label_exactly_the_answers_and_the_answers_are_right(stage):
         assert len(asked_keys) == len(set(asked_keys))
         assert set(asked_keys) <= set(values)
         assert len(asked_keys) == min(len(values), cfg.max_queries)
+
+
+def test_task_rows_can_ask_their_own_question_first():
+    """With ``task_question`` a task row asks the task's own question (a niah_multiquery row: all
+    its keys in one question, the evaluation form) before any other; without it (v1-v4) its keys
+    are re-asked in groups drawn by ``multi_key_prob``."""
+    cfg = T.TrainConfig(name="tiny-llama", filler_loss=False)
+    stage = {"context": 256, "min_context": 200, "max_keys": 8, "batch_tokens": 1024}
+    for kind in ("niah_multiquery", "niah_multivalue", "niah_multikey", "kv_retrieval"):
+        for own in (True, False):
+            rng = random.Random(7)
+            row = T.make_row(rng, cfg, {**stage, "kinds": {kind: 1.0}, "task_question": own}, 256, TOK)
+            start, end = row.spans[0]
+            question = TOK.decode(row.ids[:start]).rsplit("\n?", 1)[1]
+            answer = TOK.decode(row.ids[start:end])[:-1]
+            # Replay the generator with the row's random stream to get the example it used.
+            replay = random.Random(7)
+            replay.choices([kind], [1.0])
+            example = T.GENERATORS[kind](replay, 256)
+            if own:
+                assert "?" + question == example.question.lstrip("\n") and answer == example.answer
+            if kind == "niah_multiquery":
+                # Without task_question this seed's four keys are asked in smaller groups: v4 asked
+                # the evaluation form only when it drew a group of 4 (what v5 changes).
+                assert (len(question[:-1].split()) == 4) == own
+
+
+def test_v5_changes_only_the_stages_after_the_growth():
+    """v5 is v4 up to and including the stage where the model grows (same batches, step for step),
+    then asks task questions, groups keys more often and has more multi-item rows."""
+    v4 = T.recipe_config("tiny-qwen2", "v4", seed=4, data_stream="per_step")
+    v5 = T.recipe_config("tiny-qwen2", "v5", seed=4, data_stream="per_step")
+    assert v5.stages[:3] == v4.stages[:3]
+    for stage in range(3):
+        assert _same_batch(T.step_batch(v4, 100 + stage, stage), T.step_batch(v5, 100 + stage, stage))
+    for late in v5.stages[3:]:
+        assert late["task_question"] and late["multi_key_prob"] == 0.5
+        assert late["kinds"]["niah_multiquery"] == late["kinds"]["niah_multivalue"] == 0.18
+        assert sum(late["kinds"].values()) == pytest.approx(1.0)
+    assert not _same_batch(T.step_batch(v4, 1005, 5), T.step_batch(v5, 1005, 5))
+
+
+@pytest.mark.parametrize(
+    "stage, digest",
+    [(1, "bc40bc17f73865f7"), (2, "d7a5a2c9a7aac128"), (3, "46d4cd2d57ffa652"), (5, "54a223398fa9cd65")],
+)
+def test_v4_batches_never_change(stage, digest):
+    """The shipped models were trained on v4's batches: a change to the data code must leave them
+    as they were (digests written before the stage options of v5 were added), or the models'
+    ``reproduce`` commands would silently train something else past the 20 steps that
+    ``test_shipped_training_record_replays`` runs."""
+    import hashlib
+
+    cfg = T.recipe_config("tiny-qwen2", "v4", seed=4, data_stream="per_step")
+    ids, labels, *_ = T.step_batch(cfg, 1000 + stage, stage)
+    got = hashlib.sha256(ids.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()[:16]
+    assert got == digest
 
 
 @pytest.mark.parametrize("scale", [1, 3])
