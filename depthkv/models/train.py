@@ -103,7 +103,8 @@ KINDS: dict[str, float] = {
 # the given kinds, and "dense"/"many" rows with up to ``max_keys`` keys. It starts with short
 # record lists (2-4 ``key:value`` lines, no filler): a copy (induction) head forms in a few hundred
 # steps, key matching after it; a 6-layer model trained on the full mix at 128 characters stayed at
-# chance for 1,000 steps. Then filler, more keys, and length.
+# chance for 1,000 steps. Then filler, more keys, and length. A stage may also set ``task_question`` (task
+# rows ask their task's own question first) and ``multi_key_prob`` (overrides the config's): v5.
 _EARLY_KINDS = {
     "dense": 0.3,
     "many": 0.3,
