@@ -69,23 +69,14 @@ def _card(name: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-DEMO_MIN_ACCURACY = 0.5
-
-
 def _default_tasks(name: str) -> list[str]:
-    """Tasks the model does well enough on with a full cache for pruning to have something to lose:
-    full-cache accuracy >= 0.5 at the trained length on its card (the built-in defaults otherwise)."""
+    """The tasks the model's card lists as learned (full-cache accuracy at the trained length at
+    least the card's ``learned_threshold``, 0.8): a task the model has not learned is left out of
+    the default workload, as the card says. The built-in defaults for a model without a card."""
     from .tasks import DEFAULT_TASKS
 
     card = _card(name)
-    if not card:
-        return list(DEFAULT_TASKS)
-    length = card["trained_length"]
-    usable = [
-        t for t in card["tasks"]
-        if card["cells"].get(f"{t}@{length}", {}).get("accuracy", 0.0) >= DEMO_MIN_ACCURACY
-    ]
-    return usable or list(card.get("learned_tasks") or DEFAULT_TASKS)
+    return list(card.get("learned_tasks") or DEFAULT_TASKS)
 
 
 def _default_context(name: str) -> int:

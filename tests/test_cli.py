@@ -55,3 +55,21 @@ def test_calibrate_and_allocate_commands(checkpoint, tmp_path):
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["allocate", str(tmp_path / "missing.json"), "--budget", "0.2", "--out", str(tmp_path / "p")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_demo_leaves_out_the_tasks_the_card_calls_not_learned(name):
+    """Issue 3: a task the model has not learned is said so on its card and left out of the
+    default workload. The demo's tasks are exactly the card's learned ones, each at or above the
+    card's threshold at the trained length; a model without a card gets the built-in defaults."""
+    from depthkv.cli import _card, _default_tasks
+    from depthkv.tasks import DEFAULT_TASKS
+
+    card = _card(name)
+    tasks = _default_tasks(name)
+    assert tasks == card["learned_tasks"] and tasks
+    length, threshold = card["trained_length"], card["learned_threshold"]
+    for task in card["tasks"]:
+        accuracy = card["cells"][f"{task}@{length}"]["accuracy"]
+        assert (task in tasks) == (accuracy >= threshold), (task, accuracy)
+    assert _default_tasks("/no/such/model") == list(DEFAULT_TASKS)
