@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Sequence
 
 from depthkv.tasks.needle import niah_multiquery, niah_multivalue
-from depthkv.tasks.scoring import answer_text, score
+from depthkv.tasks.scoring import answer_items, answer_text, score
 
 # The tasks whose item count is a generator argument.
 COUNTED = {"niah_multiquery": niah_multiquery, "niah_multivalue": niah_multivalue}
@@ -41,7 +41,8 @@ def item_positions(
     ``predict(prompt, max_new_tokens)`` returns the model's continuation of ``prompt``; it gets
     room for the answer's tokens plus 2, as the card's evaluation does. ``recall`` is the task's
     score (``depthkv.tasks.score``); ``position_exact[j]`` is the share of examples whose predicted
-    ``j``-th item (whitespace-split, first line) equals the answer's ``j``-th item."""
+    ``j``-th item (first line, split into items as the scorer splits them) equals the answer's
+    ``j``-th item."""
     if task not in COUNTED:
         raise ValueError(f"unknown task {task!r} for item positions; known: {', '.join(COUNTED)}")
     if n < 1 or not counts or min(counts) < 1:
@@ -55,8 +56,8 @@ def item_positions(
             # One token per character with the byte tokenizer: the card's budget (answer + 2).
             prediction = predict(example.prompt, len(example.answer) + 2)
             recall += score(example, prediction)
-            got = answer_text(example, prediction).split()
-            for j, item in enumerate(example.answer.split()):
+            got = answer_items(answer_text(example, prediction))
+            for j, item in enumerate(answer_items(example.answer)):
                 hits[j] += j < len(got) and got[j] == item
         out[count] = {"n": n, "recall": recall / n, "position_exact": [h / n for h in hits]}
     return out

@@ -449,9 +449,10 @@ def make_row(
     # niah_multiquery in one question), then the other keys as usual; and may group keys into
     # multi-key questions more often than ``cfg.multi_key_prob``.
     pairs: list[tuple[str, str]] = []
+    asked: frozenset[str] = frozenset()
     if stage.get("task_question", False) and example is not None:
         pairs.append((example.question, example.answer))
-    asked = frozenset(example.metadata.get("keys", ())) if pairs else frozenset()
+        asked = frozenset(example.metadata.get("keys", ()))
     multi_key_prob = stage.get("multi_key_prob", cfg.multi_key_prob)
     pairs += _questions(rng, context, cfg.max_queries - len(pairs), multi_key_prob, asked)
     spans = []

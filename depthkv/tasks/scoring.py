@@ -38,14 +38,19 @@ def answer_text(example: Example, prediction: str) -> str:
     return text
 
 
+def answer_items(text: str) -> list[str]:
+    """The items of a multi-item answer or prediction (rule 3): split on whitespace and commas."""
+    return [item for item in _ITEM_SPLIT.split(text) if item]
+
+
 def score(example: Example, prediction: str) -> float:
     """Score in [0, 1] of ``prediction`` (the model's continuation of ``example.prompt``)."""
     text = answer_text(example, prediction)
     if not is_multi_item(example):
         return 1.0 if text == example.answer.strip() else 0.0
-    items = Counter(item for item in _ITEM_SPLIT.split(example.answer) if item)
+    items = Counter(answer_items(example.answer))
     if not items:
         return 1.0 if not text else 0.0
-    predicted = Counter(item for item in _ITEM_SPLIT.split(text) if item)
+    predicted = Counter(answer_items(text))
     found = sum(min(count, predicted[item]) for item, count in items.items())
     return found / sum(items.values())
