@@ -46,12 +46,17 @@ def _values(context: str) -> dict[str, list[str]]:
 
 
 V5_STAGES = T.RECIPES["v5"]["stages"]
+V6_STAGES = T.RECIPES["v6"]["stages"]
 
 
 @pytest.mark.parametrize(
     "stages, stage",
-    [(T.STAGES, i) for i in range(len(T.STAGES))] + [(V5_STAGES, i) for i in range(3, len(V5_STAGES))],
-    ids=[f"v2-{i}" for i in range(len(T.STAGES))] + [f"v5-{i}" for i in range(3, len(V5_STAGES))],
+    [(T.STAGES, i) for i in range(len(T.STAGES))]
+    + [(V5_STAGES, i) for i in range(3, len(V5_STAGES))]
+    + [(V6_STAGES, i) for i in range(2, len(V6_STAGES))],
+    ids=[f"v2-{i}" for i in range(len(T.STAGES))]
+    + [f"v5-{i}" for i in range(3, len(V5_STAGES))]
+    + [f"v6-{i}" for i in range(2, len(V6_STAGES))],
 )
 def test_rows_label_exactly_the_answers_and_the_answers_are_right(stages, stage):
     cfg = T.TrainConfig(name="tiny-llama", filler_loss=False)
@@ -124,6 +129,35 @@ def test_v5_changes_only_the_stages_after_the_growth():
         assert late["kinds"]["niah_multiquery"] == late["kinds"]["niah_multivalue"] == 0.18
         assert sum(late["kinds"].values()) == pytest.approx(1.0)
     assert not _same_batch(T.step_batch(v4, 1005, 5), T.step_batch(v5, 1005, 5))
+
+
+def _question_sizes(cfg: T.TrainConfig, stage: int, rows: int) -> set[int]:
+    rng = random.Random(stage)
+    sizes = set()
+    for _ in range(rows):
+        spec = cfg.stages[stage]
+        row = T.make_row(rng, cfg, spec, rng.randint(spec["min_context"], spec["context"]), TOK)
+        for start, _end in row.spans:
+            sizes.add(len(TOK.decode(row.ids[:start]).rsplit("?", 1)[1][:-1].split(" ")))
+    return sizes
+
+
+def test_v6_practises_questions_of_up_to_five_keys_from_the_growth_on():
+    """v6 is v4 through the two 64-character stages (same batches, step for step); from the stage
+    where the model grows on, questions group 2-5 keys (v4: at most 4) and task rows ask their own
+    question first."""
+    v4 = T.recipe_config("tiny-qwen2", "v4", seed=4, data_stream="per_step")
+    v6 = T.recipe_config("tiny-qwen2", "v6", seed=4, data_stream="per_step")
+    assert v6.stages[:2] == v4.stages[:2] and v6.grow_stage == v4.grow_stage == 2
+    for stage in range(2):
+        assert _same_batch(T.step_batch(v4, 100 + stage, stage), T.step_batch(v6, 100 + stage, stage))
+    for index, late in enumerate(v6.stages[2:], start=2):
+        assert late["task_question"] and late["multi_key_prob"] == 0.5 and late["max_group"] == 5
+        assert sum(late["kinds"].values()) == pytest.approx(1.0)
+        assert late["context"] == v4.stages[index]["context"]
+        assert not _same_batch(T.step_batch(v4, 1000 + index, index), T.step_batch(v6, 1000 + index, index))
+    assert _question_sizes(v6, 3, 60) == {1, 2, 3, 4, 5}
+    assert max(_question_sizes(v4, 3, 60)) == 4
 
 
 @pytest.mark.parametrize(
@@ -489,3 +523,19 @@ def test_shipped_training_record_replays(name, tmp_path):
     for got, want in zip(replay, record["history"]):
         assert got["loss"] == pytest.approx(want["loss"], rel=2e-3), (got, want)
         assert got["exact_match"] == pytest.approx(want["exact_match"], abs=0.02), (got, want)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_shipped_cards_are_what_their_records_write(name, tmp_path):
+    """A card is generated from the model's files: regenerating it gives the committed text, which
+    names the replay commands and no path of the machine it was trained on."""
+    import shutil
+
+    shutil.copytree(T.MODELS_DIR / name, tmp_path / name)
+    (tmp_path / name / "README.md").unlink()
+    T.write_card(tmp_path / name, json.loads((tmp_path / name / "evaluation.json").read_text(encoding="utf-8")))
+    card = (tmp_path / name / "README.md").read_text(encoding="utf-8")
+    assert card == (T.MODELS_DIR / name / "README.md").read_text(encoding="utf-8")
+    training = json.loads((tmp_path / name / "training.json").read_text(encoding="utf-8"))
+    assert training["reproduce"] in card
+    assert "--out /tmp" not in card and "--work-dir" not in card

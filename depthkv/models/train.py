@@ -104,7 +104,8 @@ KINDS: dict[str, float] = {
 # record lists (2-4 ``key:value`` lines, no filler): a copy (induction) head forms in a few hundred
 # steps, key matching after it; a 6-layer model trained on the full mix at 128 characters stayed at
 # chance for 1,000 steps. Then filler, more keys, and length. A stage may also set ``task_question`` (task
-# rows ask their task's own question first) and ``multi_key_prob`` (overrides the config's): v5.
+# rows ask their task's own question first) and ``multi_key_prob`` (overrides the config's): v5;
+# and ``max_group`` (the most keys in one question, default 4): v6.
 _EARLY_KINDS = {
     "dense": 0.3,
     "many": 0.3,
@@ -195,6 +196,41 @@ RECIPES["v5"] = {
     **RECIPES["v4"],
     "stages": tuple(
         {**stage, "kinds": _LATE_KINDS, "task_question": True, "multi_key_prob": 0.5} if index >= 3 else stage
+        for index, stage in enumerate(RECIPES["v4"]["stages"])
+    ),
+}
+
+
+# v6: v4 through the two 64-character stages (the copy practice and the 2-layer key matching, where
+# tiny-qwen2's seed 4 formed content copying), then multi-item practice from the stage where the
+# model grows, at 128 characters, where a step costs half of one at 1,024: v5 started it at 256 and
+# its tiny-qwen2 moved its error from one answer position to another (docs/models.md). Every stage
+# from the growth on asks task questions first, groups keys half the time, in questions of 2-5 keys
+# (v4, v5: 2-4, so a fixed offset per question size could pass for keeping one's place), and has
+# 10-16% multi-value and multi-query rows, with kv_retrieval kept at v4's share.
+_GROWTH_KINDS = {
+    "dense": 0.3,
+    "many": 0.25,
+    "kv_retrieval": 0.15,
+    "niah_multikey": 0.1,
+    "niah_multiquery": 0.1,
+    "niah_multivalue": 0.1,
+}
+_V6_LATE_KINDS = {
+    "niah_single": 0.04,
+    "niah_multikey": 0.10,
+    "niah_multivalue": 0.16,
+    "niah_multiquery": 0.14,
+    "kv_retrieval": 0.28,
+    "many": 0.28,
+}
+_MULTI_ITEM = {"task_question": True, "multi_key_prob": 0.5, "max_group": 5}
+RECIPES["v6"] = {
+    **RECIPES["v4"],
+    "stages": tuple(
+        stage
+        if index < 2
+        else {**stage, "kinds": _GROWTH_KINDS if index == 2 else _V6_LATE_KINDS, **_MULTI_ITEM}
         for index, stage in enumerate(RECIPES["v4"]["stages"])
     ),
 }
@@ -367,10 +403,15 @@ def _context(
 
 
 def _questions(
-    rng: random.Random, context: str, max_queries: int, multi_key_prob: float, asked: frozenset[str] = frozenset()
+    rng: random.Random,
+    context: str,
+    max_queries: int,
+    multi_key_prob: float,
+    asked: frozenset[str] = frozenset(),
+    max_group: int = 4,
 ) -> list[tuple[str, str]]:
     """(question, answer) pairs asking about the keys of ``context`` (but not those in ``asked``),
-    each key at most once."""
+    each key at most once; a multi-key question asks 2..``max_group`` keys."""
     values: dict[str, list[str]] = {}
     for key, value in _RECORD.findall(context):
         values.setdefault(key, []).append(value)
@@ -381,7 +422,7 @@ def _questions(
     while keys:
         group = 1
         if rng.random() < multi_key_prob:
-            group = rng.randint(2, 4)
+            group = rng.randint(2, max_group)
         chosen = [keys.pop()]
         # Several keys in one question only among single-valued keys (as in niah_multiquery).
         while len(chosen) < group and keys and len(values[keys[-1]]) == 1 and len(values[chosen[0]]) == 1:
@@ -447,14 +488,15 @@ def make_row(
         labels = [IGNORE, *filler_labels(context, ids[1:])]
     # A stage may ask a task row's own question first (its evaluation form: all four keys of
     # niah_multiquery in one question), then the other keys as usual; and may group keys into
-    # multi-key questions more often than ``cfg.multi_key_prob``.
+    # multi-key questions more often than ``cfg.multi_key_prob``, and of up to ``max_group`` keys.
     pairs: list[tuple[str, str]] = []
     asked: frozenset[str] = frozenset()
     if stage.get("task_question", False) and example is not None:
         pairs.append((example.question, example.answer))
         asked = frozenset(example.metadata.get("keys", ()))
     multi_key_prob = stage.get("multi_key_prob", cfg.multi_key_prob)
-    pairs += _questions(rng, context, cfg.max_queries - len(pairs), multi_key_prob, asked)
+    max_group = stage.get("max_group", 4)
+    pairs += _questions(rng, context, cfg.max_queries - len(pairs), multi_key_prob, asked, max_group)
     spans = []
     for i, (question, answer) in enumerate(pairs):
         # After the first question, the newline ending the previous answer starts this question.
@@ -1070,8 +1112,10 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         "",
         "## Training",
         "",
-        "Script: `depthkv/models/train.py`, run as `" + training["command"] + "`; full record (config, losses"
-        " every 10 steps, curriculum transitions) in `training.json`. Exact replay:",
+        "Script: `depthkv/models/train.py`; full record (the command as it was run, config, losses every 10"
+        " steps, curriculum transitions) in `training.json`. Exact replay (it writes to"
+        f" `depthkv/models/{training['name']}` and its checkpoints to `/tmp/depthkv-train/{training['name']}`;"
+        " add `--out DIR` to keep the shipped files):",
         "",
         "    " + training["reproduce"],
         *["    " + command for command in training.get("reproduce_extensions", [])],
