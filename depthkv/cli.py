@@ -155,7 +155,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         "quick": bool(args.quick),
         "wall_s": time.time() - start,
     }
-    files = write_report(out, profile, plans, summaries, budgets, info)
+    every = {name: plan for name, plan in methods.items() if plan is not None}
+    files = write_report(out, profile, plans, summaries, budgets, info, all_plans=every)
     (out / "profile.partial.json").unlink(missing_ok=True)
     perm = profile.stats["by_budget"][0]["permutation"] if profile.stats else None
     fried = profile.stats["by_budget"][0]["friedman"] if profile.stats else None

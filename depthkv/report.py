@@ -138,19 +138,30 @@ def write_report(
     summaries: dict[str, dict[str, Any]],
     budgets: list[float],
     info: dict[str, Any],
+    all_plans: dict[str, Plan] | None = None,
 ) -> dict[str, Path]:
-    """Write profile.json, plans, results.json, three PNG plots and report.md into ``out``."""
+    """Write profile.json, plans, results.json, three PNG plots and report.md into ``out``.
+
+    ``plans``: method name → plan at the primary budget (``plan-<name>.json`` each, and the budgets
+    plot). ``all_plans``: ``"<method>@<budget>"`` → plan for every evaluated budget; their per-layer
+    budgets go into results.json (``"plans"``) and report.md, so that every accuracy cell can be
+    traced to the allocation that produced it.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    every = all_plans or {}
+    results = {"info": info, "methods": summaries, "plans": {name: plan.budgets for name, plan in every.items()}}
     files = {
         "profile": profile.save(out / "profile.json"),
-        "results": atomic_write_json(out / "results.json", {"info": info, "methods": summaries}),
+        "results": atomic_write_json(out / "results.json", results),
         "sensitivity_png": plot_sensitivity(profile, out / "sensitivity.png"),
         "budgets_png": plot_budgets(plans, out / "budgets.png"),
         "accuracy_png": plot_accuracy(summaries, out / "accuracy_vs_budget.png"),
     }
     for name, plan in plans.items():
         files[f"plan_{name}"] = plan.save(out / f"plan-{name}.json")
-    files["report"] = atomic_write_text(out / "report.md", render_markdown(profile, plans, summaries, budgets, info))
+    files["report"] = atomic_write_text(
+        out / "report.md", render_markdown(profile, plans, summaries, budgets, info, every)
+    )
     return files
 
 
@@ -160,6 +171,7 @@ def render_markdown(
     summaries: dict[str, dict[str, Any]],
     budgets: list[float],
     info: dict[str, Any],
+    all_plans: dict[str, Plan] | None = None,
 ) -> str:
     perm = profile.stats["by_budget"][0]["permutation"] if profile.stats else None
     fried = profile.stats["by_budget"][0]["friedman"] if profile.stats else None
@@ -187,7 +199,16 @@ def render_markdown(
         ]
     lines += [markdown_table(["layer", "mean degradation", "95% CI"], sens_rows), "", "![sensitivity](sensitivity.png)", ""]
     lines += ["## Per-layer budgets", "", markdown_table(["plan", "budgets", "total"], budget_rows), ""]
-    lines += ["![budgets](budgets.png)", "", "## Accuracy vs global budget", ""]
+    lines += ["![budgets](budgets.png)", ""]
+    if all_plans and len(budgets) > 1:
+        rows = [[name, " ".join(str(b) for b in plan.budgets), str(plan.total)] for name, plan in all_plans.items()]
+        lines += [
+            "Per-layer budgets at every evaluated global budget (tokens at the evaluation context length):",
+            "",
+            markdown_table(["plan", "budgets", "total"], rows),
+            "",
+        ]
+    lines += ["## Accuracy vs global budget", ""]
     header = ["method"] + [f"{b:g} of context" for b in budgets]
     lines += [markdown_table(header, summary_rows(summaries, budgets)), ""]
     lines += ["Cells: mean accuracy [95% bootstrap CI over examples].", "", "![accuracy](accuracy_vs_budget.png)", ""]

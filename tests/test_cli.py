@@ -35,6 +35,7 @@ def test_demo_quick_writes_every_report_file(tmp_path, capsys):
     assert not (out / "profile.partial.json").exists()
     results = json.loads((out / "results.json").read_text())
     assert {"full", "uniform@0.2", "pyramid@0.2", "depthkv-proportional@0.2"} <= set(results["methods"])
+    assert set(results["plans"]) == set(results["methods"]) - {"full"}
     printed = capsys.readouterr().out
     assert "permutation test p =" in printed and "acc@0.2" in printed
 

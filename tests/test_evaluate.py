@@ -85,3 +85,21 @@ def test_write_report(setup, tmp_path):
     text = files["report"].read_text()
     assert "Permutation test" in text and "depthkv-proportional" in text
     assert depthkv.Profile.load(files["profile"], model=model).n_examples == 4
+
+
+def test_write_report_keeps_the_plan_of_every_budget(setup, tmp_path):
+    """Accuracy is reported at several budgets; the allocation behind each cell is kept too."""
+    model, tok, profile = setup
+    methods = method_plans(model, profile, [0.2, 0.5], strategies=("proportional",))
+    summaries = {name: {"mean": 0.5, "low": 0.4, "high": 0.6, "n": 4, "per_task": {}} for name in methods}
+    every = {k: v for k, v in methods.items() if v is not None}
+    primary = {k.split("@")[0]: v for k, v in every.items() if k.endswith("@0.2")}
+    files = write_report(tmp_path, profile, primary, summaries, [0.2, 0.5], {"model": "random"}, all_plans=every)
+    saved = json.loads(files["results"].read_text())["plans"]
+    assert set(saved) == set(every) and "depthkv-proportional@0.5" in saved
+    for name, plan in every.items():
+        assert saved[name] == plan.budgets and len(saved[name]) == plan.n_layers
+    assert sum(saved["uniform@0.5"]) > sum(saved["uniform@0.2"])
+    text = files["report"].read_text()
+    assert "| depthkv-proportional@0.5 | " + " ".join(map(str, every["depthkv-proportional@0.5"].budgets)) in text
+    assert not (tmp_path / "plan-uniform@0.5.json").exists()  # one plan file per method: the primary budget
