@@ -47,16 +47,19 @@ def _values(context: str) -> dict[str, list[str]]:
 
 V5_STAGES = T.RECIPES["v5"]["stages"]
 V6_STAGES = T.RECIPES["v6"]["stages"]
+V7_STAGES = T.RECIPES["v7"]["stages"]
 
 
 @pytest.mark.parametrize(
     "stages, stage",
     [(T.STAGES, i) for i in range(len(T.STAGES))]
     + [(V5_STAGES, i) for i in range(3, len(V5_STAGES))]
-    + [(V6_STAGES, i) for i in range(2, len(V6_STAGES))],
+    + [(V6_STAGES, i) for i in range(2, len(V6_STAGES))]
+    + [(V7_STAGES, i) for i in range(2, len(V7_STAGES))],
     ids=[f"v2-{i}" for i in range(len(T.STAGES))]
     + [f"v5-{i}" for i in range(3, len(V5_STAGES))]
-    + [f"v6-{i}" for i in range(2, len(V6_STAGES))],
+    + [f"v6-{i}" for i in range(2, len(V6_STAGES))]
+    + [f"v7-{i}" for i in range(2, len(V7_STAGES))],
 )
 def test_rows_label_exactly_the_answers_and_the_answers_are_right(stages, stage):
     cfg = T.TrainConfig(name="tiny-llama", filler_loss=False)
@@ -80,7 +83,8 @@ def test_rows_label_exactly_the_answers_and_the_answers_are_right(stages, stage)
             assert answer.endswith("\n")
             question = TOK.decode(row.ids[:start]).rsplit("?", 1)[1]
             assert question.endswith(":")
-            keys = question[:-1].split(" ")
+            keys = question[:-1].split()
+            assert " ".join(keys) == question[:-1] or stages[stage].get("key_spaces", 1) > 1
             asked_keys += keys
             # The oracle: the answer is every value of each asked key, in order, from the context.
             assert answer[:-1] == " ".join(v for k in keys for v in values[k])
@@ -158,6 +162,28 @@ def test_v6_practises_questions_of_up_to_five_keys_from_the_growth_on():
         assert not _same_batch(T.step_batch(v4, 1000 + index, index), T.step_batch(v6, 1000 + index, index))
     assert _question_sizes(v6, 3, 60) == {1, 2, 3, 4, 5}
     assert max(_question_sizes(v4, 3, 60)) == 4
+
+
+def test_v7_spaces_the_keys_of_re_asked_questions_unevenly():
+    """v7 is v6 with 1-3 spaces between the keys of re-asked multi-key questions; a task row's own
+    question keeps the prompt's form, and v6's batches before the growth are v7's."""
+    v6 = T.recipe_config("tiny-qwen2", "v6", seed=4, data_stream="per_step")
+    v7 = T.recipe_config("tiny-qwen2", "v7", seed=4, data_stream="per_step")
+    for stage in range(2):
+        assert _same_batch(T.step_batch(v6, 100 + stage, stage), T.step_batch(v7, 100 + stage, stage))
+    assert all(late["key_spaces"] == 3 for late in v7.stages[2:])
+    assert [{k: v for k, v in late.items() if k != "key_spaces"} for late in v7.stages] == list(v6.stages)
+    rng = random.Random(5)
+    gaps, own = set(), 0
+    for _ in range(40):
+        row = T.make_row(rng, v7, v7.stages[3], 256, TOK)
+        for index, (start, _end) in enumerate(row.spans):
+            question = TOK.decode(row.ids[:start]).rsplit("?", 1)[1][:-1]
+            keys = question.split()
+            gaps |= {len(g) for g in re.findall(" +", question)}
+            if len(keys) == 4 and index == 0 and " ".join(keys) == question:
+                own += 1
+    assert gaps == {1, 2, 3} and own > 0
 
 
 @pytest.mark.parametrize(

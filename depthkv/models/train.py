@@ -105,7 +105,8 @@ KINDS: dict[str, float] = {
 # steps, key matching after it; a 6-layer model trained on the full mix at 128 characters stayed at
 # chance for 1,000 steps. Then filler, more keys, and length. A stage may also set ``task_question`` (task
 # rows ask their task's own question first) and ``multi_key_prob`` (overrides the config's): v5;
-# and ``max_group`` (the most keys in one question, default 4): v6.
+# ``max_group`` (the most keys in one question, default 4): v6; ``key_spaces`` (the most spaces
+# between two keys of a re-asked question, default 1): v7.
 _EARLY_KINDS = {
     "dense": 0.3,
     "many": 0.3,
@@ -232,6 +233,19 @@ RECIPES["v6"] = {
         if index < 2
         else {**stage, "kinds": _GROWTH_KINDS if index == 2 else _V6_LATE_KINDS, **_MULTI_ITEM}
         for index, stage in enumerate(RECIPES["v4"]["stages"])
+    ),
+}
+
+
+# v7: v6, with the keys of re-asked multi-key questions 1-3 spaces apart (a task row's own question
+# keeps the prompt's single spaces). v5 and v6 tiny-qwen2 found the j-th key of a question by its
+# distance, and kept it right only for some question sizes and positions (a 4-key question's first
+# value wrong, the rest right: docs/models.md); with uneven gaps no distance names the j-th key, and
+# the answer has to follow the question's content instead.
+RECIPES["v7"] = {
+    **RECIPES["v6"],
+    "stages": tuple(
+        stage if index < 2 else {**stage, "key_spaces": 3} for index, stage in enumerate(RECIPES["v6"]["stages"])
     ),
 }
 
@@ -409,9 +423,11 @@ def _questions(
     multi_key_prob: float,
     asked: frozenset[str] = frozenset(),
     max_group: int = 4,
+    key_spaces: int = 1,
 ) -> list[tuple[str, str]]:
     """(question, answer) pairs asking about the keys of ``context`` (but not those in ``asked``),
-    each key at most once; a multi-key question asks 2..``max_group`` keys."""
+    each key at most once; a multi-key question asks 2..``max_group`` keys, 1..``key_spaces``
+    spaces apart (the task prompts: 1)."""
     values: dict[str, list[str]] = {}
     for key, value in _RECORD.findall(context):
         values.setdefault(key, []).append(value)
@@ -428,7 +444,11 @@ def _questions(
         while len(chosen) < group and keys and len(values[keys[-1]]) == 1 and len(values[chosen[0]]) == 1:
             chosen.append(keys.pop())
         answer = " ".join(v for k in chosen for v in values[k])
-        out.append((key_question(chosen), answer))
+        if key_spaces > 1:
+            gaps = [" " * rng.randint(1, key_spaces) for _ in chosen[1:]]
+            out.append(("\n?" + chosen[0] + "".join(g + k for g, k in zip(gaps, chosen[1:])) + ":", answer))
+        else:
+            out.append((key_question(chosen), answer))
     return out
 
 
@@ -496,7 +516,8 @@ def make_row(
         asked = frozenset(example.metadata.get("keys", ()))
     multi_key_prob = stage.get("multi_key_prob", cfg.multi_key_prob)
     max_group = stage.get("max_group", 4)
-    pairs += _questions(rng, context, cfg.max_queries - len(pairs), multi_key_prob, asked, max_group)
+    key_spaces = stage.get("key_spaces", 1)
+    pairs += _questions(rng, context, cfg.max_queries - len(pairs), multi_key_prob, asked, max_group, key_spaces)
     spans = []
     for i, (question, answer) in enumerate(pairs):
         # After the first question, the newline ending the previous answer starts this question.
