@@ -141,7 +141,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     results = evaluate(model, tokenizer, evalw, methods, progress=not args.no_progress)
     summaries = {name: r.summary(seed=args.seed) for name, r in results.items()}
     b = args.budget
-    plans = {name.split("@")[0]: plan for name, plan in methods.items() if plan is not None and name.endswith(f"@{b}")}
+    every = {name: plan for name, plan in methods.items() if plan is not None}  # all but the full cache
+    plans = {name.split("@")[0]: plan for name, plan in every.items() if name.endswith(f"@{b}")}
     info = {
         "model": args.model,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -155,7 +156,6 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         "quick": bool(args.quick),
         "wall_s": time.time() - start,
     }
-    every = {name: plan for name, plan in methods.items() if plan is not None}
     files = write_report(out, profile, plans, summaries, budgets, info, all_plans=every)
     (out / "profile.partial.json").unlink(missing_ok=True)
     perm = profile.stats["by_budget"][0]["permutation"] if profile.stats else None

@@ -165,6 +165,11 @@ def write_report(
     return files
 
 
+def _budget_rows(plans: dict[str, Plan]) -> list[list[str]]:
+    """One table row per plan: its name, per-layer budgets and total."""
+    return [[name, " ".join(str(b) for b in plan.budgets), str(plan.total)] for name, plan in plans.items()]
+
+
 def render_markdown(
     profile: Profile,
     plans: dict[str, Plan],
@@ -177,7 +182,6 @@ def render_markdown(
     fried = profile.stats["by_budget"][0]["friedman"] if profile.stats else None
     mean, low, high = _layer_ci(profile)
     sens_rows = [[str(i), f"{m:.4f}", f"[{lo:.4f}, {hi:.4f}]"] for i, (m, lo, hi) in enumerate(zip(mean, low, high))]
-    budget_rows = [[name, " ".join(str(b) for b in plan.budgets), str(plan.total)] for name, plan in plans.items()]
     lines = [
         f"# depthkv report — {info.get('model', '?')}",
         "",
@@ -198,14 +202,13 @@ def render_markdown(
             "",
         ]
     lines += [markdown_table(["layer", "mean degradation", "95% CI"], sens_rows), "", "![sensitivity](sensitivity.png)", ""]
-    lines += ["## Per-layer budgets", "", markdown_table(["plan", "budgets", "total"], budget_rows), ""]
+    lines += ["## Per-layer budgets", "", markdown_table(["plan", "budgets", "total"], _budget_rows(plans)), ""]
     lines += ["![budgets](budgets.png)", ""]
     if all_plans and len(budgets) > 1:
-        rows = [[name, " ".join(str(b) for b in plan.budgets), str(plan.total)] for name, plan in all_plans.items()]
         lines += [
             "Per-layer budgets at every evaluated global budget (tokens at the evaluation context length):",
             "",
-            markdown_table(["plan", "budgets", "total"], rows),
+            markdown_table(["plan", "budgets", "total"], _budget_rows(all_plans)),
             "",
         ]
     lines += ["## Accuracy vs global budget", ""]
