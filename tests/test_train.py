@@ -186,6 +186,20 @@ def test_v7_spaces_the_keys_of_re_asked_questions_unevenly():
     assert gaps == {1, 2, 3} and own > 0
 
 
+def test_card_names_each_stage_s_question_options():
+    """A card's curriculum line says what a stage changes about the re-asked questions (v5-v7) and
+    nothing for a stage that keeps the defaults (v4's, so the tiny-llama card stays as it is)."""
+    v4 = T.recipe_config("tiny-qwen2", "v4", seed=4)
+    v7 = T.recipe_config("tiny-qwen2", "v7", seed=4)
+    assert all(T._question_options(stage) == "" for stage in v4.stages + v7.stages[:2])
+    late = T._question_options(v7.stages[3])
+    assert "own question first" in late and "chance 0.5" in late
+    assert "up to 5 keys" in late and "1-3 spaces apart" in late
+    assert T._question_lines(list(v4.stages)) == []
+    (line,) = T._question_lines(list(v7.stages))
+    assert line.startswith("- Questions in the 48-128, 96-256, 96-512, 96-1024 stages: ") and late in line
+
+
 @pytest.mark.parametrize(
     "stage, digest",
     [(1, "bc40bc17f73865f7"), (2, "d7a5a2c9a7aac128"), (3, "46d4cd2d57ffa652"), (5, "54a223398fa9cd65")],

@@ -1164,6 +1164,7 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         "  or at a stage's step cap); transitions: "
         + "; ".join(map(_transition, training["curriculum"]["transitions"]))
         + ".",
+        *_question_lines(training["curriculum"]["stages"]),
         f"- AdamW lr {training['schedule']['lr']}, {training['schedule']['warmup_steps']} warmup steps, constant,"
         f" cosine to {training['schedule']['min_lr']:.1e} over the last {training['config']['decay_fraction']:.0%}"
         f" of the steps, weight decay {training['schedule']['weight_decay']}, grad clip"
@@ -1228,6 +1229,31 @@ def _transition(t: dict) -> str:
     if "grew_to_layers" in t:
         return f"step {t['step']}: grown to {t['grew_to_layers']} layers (depthkv.models.grow)"
     return f"step {t['step']} -> {t['to_context']} ({t['reason']})"
+
+
+def _question_lines(stages: list[dict]) -> list[str]:
+    """Card lines for the stages whose questions differ from the defaults (recipes v5-v7), one per
+    distinct set of options, naming the stages by context length; none for v1-v4."""
+    groups: dict[str, list[str]] = {}
+    for stage in stages:
+        words = _question_options(stage)
+        if words:
+            groups.setdefault(words, []).append(f"{stage['min_context']}-{stage['context']}")
+    return [f"- Questions in the {', '.join(names)} stages: {words}." for words, names in groups.items()]
+
+
+def _question_options(stage: dict) -> str:
+    """The stage's question options (v5-v7) in words; empty for a stage that keeps the defaults."""
+    words = []
+    if stage.get("task_question"):
+        words.append("task rows ask their own question first")
+    if "multi_key_prob" in stage:
+        words.append(f"a re-asked question groups keys with chance {stage['multi_key_prob']:g}")
+    if "max_group" in stage:
+        words.append(f"up to {stage['max_group']} keys per question")
+    if stage.get("key_spaces", 1) > 1:
+        words.append(f"keys 1-{stage['key_spaces']} spaces apart in re-asked questions")
+    return "; ".join(words)
 
 
 def _init_std(training: dict) -> float:
