@@ -49,10 +49,22 @@ def _build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--policy", default="snapkv")
     cal.add_argument("--out", required=True, help="profile JSON path (also the resume checkpoint)")
 
+    from .allocate_core import STRATEGIES
+
     alloc = sub.add_parser("allocate", help="turn a profile into a plan")
     alloc.add_argument("profile")
     alloc.add_argument("--budget", type=_parse_budget, required=True, help="fraction in (0,1] or tokens per layer")
-    alloc.add_argument("--strategy", default="proportional")
+    alloc.add_argument("--strategy", default="proportional", choices=STRATEGIES)
+    alloc.add_argument(
+        "--floor", type=int, default=None, help="smallest budget of any layer (default and minimum: window + sinks)"
+    )
+    alloc.add_argument("--max-tokens", type=int, default=None, help="largest budget of any layer (default: context)")
+    alloc.add_argument("--temperature", type=float, default=1.0, help="for --strategy softmax (default 1.0)")
+    alloc.add_argument("--policy", default=None, help="eviction policy inside each layer (default: calibration's)")
+    alloc.add_argument(
+        "--context-length", type=float, default=None, help="reference length for fractions (default: calibration's)"
+    )
+    alloc.add_argument("--budget-index", type=int, default=0, help="which ablation budget's sensitivities (default 0)")
     alloc.add_argument("--out", required=True, help="plan JSON path")
     return parser
 
@@ -201,7 +213,17 @@ def run_allocate(args: argparse.Namespace) -> None:
     import depthkv
 
     profile = depthkv.Profile.load(args.profile)
-    plan = depthkv.allocate(profile, args.budget, args.strategy)
+    plan = depthkv.allocate(
+        profile,
+        args.budget,
+        args.strategy,
+        policy=args.policy,
+        floor=args.floor,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        context_length=args.context_length,
+        budget_index=args.budget_index,
+    )
     plan.save(args.out)
     print(json.dumps({"budgets": plan.budgets, "total": plan.total, "strategy": plan.strategy}))
 

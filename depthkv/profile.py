@@ -8,6 +8,7 @@ Both are written atomically and checked against the model they are applied to.
 from __future__ import annotations
 
 import datetime as _dt
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,12 @@ class Profile:
 
     def matrix(self, budget_index: int = 0) -> np.ndarray:
         """Degradation ``[n_examples, n_layers]`` at one ablation budget (default: the first)."""
+        n = len(self.ablation_budgets)
+        if isinstance(budget_index, bool) or not isinstance(budget_index, numbers.Integral) or not 0 <= budget_index < n:
+            raise ValueError(
+                f"budget_index {budget_index!r} is not one of the profile's ablation budgets: choose 0..{n - 1} "
+                f"for {', '.join(f'{i} = {b}' for i, b in enumerate(self.ablation_budgets))}"
+            )
         return self.degradation[budget_index]
 
     def sensitivity(self, budget_index: int = 0) -> np.ndarray:

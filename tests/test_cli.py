@@ -40,17 +40,48 @@ def test_demo_quick_writes_every_report_file(tmp_path, capsys):
     assert "permutation test p =" in printed and "acc@0.2" in printed
 
 
-def test_calibrate_and_allocate_commands(checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def small_profile(checkpoint, tmp_path_factory):
+    """``depthkv calibrate`` on a 2-example JSONL workload (150 tokens): the profile's path."""
     from depthkv.tasks import builtin_workload, save_jsonl
 
-    wl = builtin_workload(["niah_single"], n_per_task=2, context_length=150)
-    data = tmp_path / "wl.jsonl"
-    save_jsonl(wl.examples, data)
-    profile = tmp_path / "profile.json"
+    tmp = tmp_path_factory.mktemp("calibrated")
+    data = tmp / "wl.jsonl"
+    save_jsonl(builtin_workload(["niah_single"], n_per_task=2, context_length=150).examples, data)
+    profile = tmp / "profile.json"
     assert main(["calibrate", "--model", str(checkpoint), "--workload", str(data), "--out", str(profile)]) == 0
+    return profile
+
+
+def test_calibrate_and_allocate_commands(small_profile, tmp_path):
+    profile = small_profile
     plan = tmp_path / "plan.json"
     assert main(["allocate", str(profile), "--budget", "0.3", "--strategy", "rank", "--out", str(plan)]) == 0
     assert json.loads(plan.read_text())["strategy"] == "rank"
+    # The allocation options of the Python API, on the command line: a floor lifts every layer.
+    args = ["allocate", str(profile), "--budget", "0.3", "--out", str(plan)]
+    assert main([*args, "--floor", "12", "--max-tokens", "60", "--context-length", "150"]) == 0
+    written = json.loads(plan.read_text())
+    assert min(written["budgets"]) >= 12 and max(written["budgets"]) <= 60 and written["floor"] == 12
+    assert sum(written["budgets"]) == round(0.3 * 150 * len(written["budgets"]))
+    assert main([*args, "--strategy", "softmax", "--temperature", "0.5", "--policy", "h2o"]) == 0
+    assert json.loads(plan.read_text())["policy"]["name"] == "h2o"
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--floor", "2"], "below the snapkv policy's minimum"),
+        (["--budget-index", "1"], "budget_index 1 is not one of the profile's ablation budgets: choose 0..0"),
+        (["--policy", "lru"], "unknown eviction policy 'lru'"),
+        (["--strategy", "softmax", "--temperature", "0"], "temperature must be a finite number > 0"),
+    ],
+)
+def test_allocate_options_say_what_is_wrong(small_profile, tmp_path, capsys, extra, says):
+    """A bad allocation option exits 2 with a message that names it and writes no plan."""
+    profile, plan = small_profile, tmp_path / "plan.json"
+    assert main(["allocate", str(profile), "--budget", "0.3", "--out", str(plan), *extra]) == 2
+    assert says in capsys.readouterr().err and not plan.exists()
 
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
