@@ -169,16 +169,22 @@ class _Example:
 
     def degradation(self, layer: int, budget: int) -> float:
         """Degradation when only ``layer`` keeps ``budget`` tokens."""
-        runner = self.runner
         if budget >= self.context_tokens:
             return 0.0
-        budgets: list[int | None] = [None] * runner.n_layers
+        budgets: list[int | None] = [None] * self.runner.n_layers
         budgets[layer] = budget
-        cache = self.cache.pruned(budgets)
+        return self.joint_degradation(budgets, first_pruned=layer)
+
+    def joint_degradation(self, budgets: Sequence[int | None], first_pruned: int = 0) -> float:
+        """Degradation when every layer ``l`` keeps ``budgets[l]`` tokens at once (``None``: all of
+        them); ``first_pruned`` (the lowest layer whose budget is below the context) lets the layers
+        below it be replayed from the full run."""
+        runner = self.runner
+        cache = self.cache.pruned(list(budgets))
         if runner.metric == "score":
             return self.ref_score - self._score(cache)
-        if runner.reuse and layer > 0 and self.tail_ids.shape[1]:
-            with replay_below(runner.model, layer, self.outputs[layer - 1]):
+        if runner.reuse and first_pruned > 0 and self.tail_ids.shape[1]:
+            with replay_below(runner.model, first_pruned, self.outputs[first_pruned - 1]):
                 logp = self._answer_logprobs(cache)
         else:
             logp = self._answer_logprobs(cache)
@@ -212,13 +218,18 @@ class _Runner:
         self.device = next(model.parameters()).device
         self.kw = cache_kwarg(model)
         if metric == "score" and scorer is None:
-            from .tasks import score as task_score
-
-            scorer = task_score
+            scorer = _default_scorer
         self.scorer = scorer
 
     def forward(self, ids: torch.Tensor, cache: BudgetCache) -> Any:
         return self.model(ids, use_cache=True, **{self.kw: cache})
+
+
+def _default_scorer(source: Any, prediction: str) -> float:
+    """:func:`depthkv.tasks.score`, for workload examples given as dicts as well as ``Example``."""
+    from .tasks import Example, score
+
+    return score(Example.from_dict(source) if isinstance(source, dict) else source, prediction)
 
 
 def _settings(metric: str, compress: str, budgets: list, policy: PolicyConfig, reuse: bool, extra: int) -> dict:

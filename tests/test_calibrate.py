@@ -138,3 +138,13 @@ def test_bad_inputs(model):
         depthkv.calibrate(model, CharTokenizer(), workload(1), ablation_budget=1.5)
     with pytest.raises(ValueError, match="compress"):
         depthkv.calibrate(model, CharTokenizer(), workload(1), compress="all")
+
+
+def test_score_metric_with_dict_examples(model):
+    """metric="score" scores a workload given as plain dicts with the default scorer (it used to
+    need ``Example`` objects and failed with an AttributeError)."""
+    profile = depthkv.calibrate(
+        model, CharTokenizer(), workload(2), metric="score", ablation_budget=8, progress=False, n_permutations=19
+    )
+    assert profile.degradation.shape == (1, 2, 4)
+    assert np.all((profile.degradation >= -1) & (profile.degradation <= 1))
