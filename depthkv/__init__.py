@@ -21,6 +21,7 @@ from .calibrate import calibrate
 from .fingerprint import FingerprintMismatch, ModelFingerprint, fingerprint
 from .generation import greedy_generate
 from .jsonio import CorruptFileError
+from .plan_check import FloorSearch, plan_degradation, tune_floor
 from .policies import POLICIES, PolicyConfig
 from .profile import Plan, Profile
 from .static_cache import StaticBudgetCache
@@ -45,6 +46,7 @@ __all__ = [
     "DepthKVModel",
     "DepthKVUsageError",
     "FingerprintMismatch",
+    "FloorSearch",
     "LayerStats",
     "ModelFingerprint",
     "Plan",
@@ -60,6 +62,8 @@ __all__ = [
     "fingerprint",
     "load_model",
     "permutation_test",
+    "plan_degradation",
     "plan_from_budgets",
+    "tune_floor",
     "uniform_plan",
 ]
