@@ -66,6 +66,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     alloc.add_argument("--budget-index", type=int, default=0, help="which ablation budget's sensitivities (default 0)")
     alloc.add_argument("--out", required=True, help="plan JSON path")
+
+    tune = sub.add_parser("tune-floor", help="allocate at several floors, measure each plan whole, keep the best")
+    tune.add_argument("profile")
+    tune.add_argument("--model", required=True, help="the calibrated model: shipped name or local HF checkpoint")
+    tune.add_argument("--budget", type=_parse_budget, required=True, help="fraction in (0,1] or tokens per layer")
+    tune.add_argument("--strategy", default="proportional", choices=STRATEGIES)
+    tune.add_argument("--workload", default=None, help="calibration JSONL (default: rebuilt from a built-in profile)")
+    tune.add_argument("--floors", type=int, nargs="+", default=None, help="floors to try (default 8 16 32 ...)")
+    tune.add_argument("--metric", default="score", choices=["score", "nll", "kl"], help="what is compared")
+    tune.add_argument("--out", required=True, help="plan JSON path (the best plan, with every floor's result)")
     return parser
 
 
@@ -228,6 +238,53 @@ def run_allocate(args: argparse.Namespace) -> None:
     print(json.dumps({"budgets": plan.budgets, "total": plan.total, "strategy": plan.strategy}))
 
 
+def _calibration_workload(profile: Any, path: str | None) -> Any:
+    """The workload ``profile`` was calibrated on: ``path`` (JSONL), or the built-in split rebuilt
+    from the profile's description and checked against its examples' digest."""
+    from depthkv.tasks import builtin_workload, from_jsonl
+
+    if path:
+        return from_jsonl(path)
+    desc = profile.workload or {}
+    if desc.get("source") != "builtin":
+        raise ValueError(
+            "the profile was calibrated on a custom workload; pass the same file with --workload my.jsonl"
+        )
+    workload = builtin_workload(
+        list(desc["tasks"]),
+        n_per_task=desc["n_per_task"],
+        context_length=desc["target_context_length"],
+        split=desc["split"],
+        seed=desc["seed"],
+    )
+    if workload.fingerprint() != desc.get("examples_sha256"):
+        raise ValueError(
+            "the built-in workload rebuilt from the profile's description differs from the one it was "
+            "calibrated on (another depthkv version?); pass the calibration examples with --workload"
+        )
+    return workload
+
+
+def run_tune_floor(args: argparse.Namespace) -> None:
+    import depthkv
+
+    profile = depthkv.Profile.load(args.profile)
+    model, tokenizer = _model(args.model)
+    profile.check_model(model)
+    workload = _calibration_workload(profile, args.workload)
+    search = depthkv.tune_floor(
+        model, tokenizer, workload, profile, args.budget, args.strategy, floors=args.floors, metric=args.metric
+    )
+    plan = search.plan
+    plan.metadata["floor_search"] = search.to_dict()
+    plan.save(args.out)
+    for row in search.to_dict()["floors"]:
+        mark = "  <- kept" if row["floor"] == plan.floor else ""
+        print(f"floor {row['floor']:>5}: mean {args.metric} degradation {row['mean_degradation']:+.4f}  "
+              f"{' '.join(map(str, row['budgets']))}{mark}")
+    print(f"plan written to {args.out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
@@ -237,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             run_calibrate(args)
         elif args.command == "allocate":
             run_allocate(args)
+        elif args.command == "tune-floor":
+            run_tune_floor(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"depthkv: error: {exc}", file=sys.stderr)
         return 2

@@ -105,3 +105,43 @@ def test_demo_leaves_out_the_tasks_the_card_calls_not_learned(name):
         accuracy = card["cells"][f"{task}@{length}"]["accuracy"]
         assert (task in tasks) == (accuracy >= threshold), (task, accuracy)
     assert _default_tasks("/no/such/model") == list(DEFAULT_TASKS)
+
+
+def test_tune_floor_command(checkpoint, small_profile, tmp_path, capsys):
+    """`depthkv tune-floor` measures the plan of each floor on the calibration workload and writes the
+    best one, with every floor's result in its metadata."""
+    from depthkv import Plan
+    from depthkv.tasks import builtin_workload, save_jsonl
+
+    data = tmp_path / "wl.jsonl"
+    save_jsonl(builtin_workload(["niah_single"], n_per_task=2, context_length=150).examples, data)
+    plan = tmp_path / "plan.json"
+    args = ["tune-floor", str(small_profile), "--model", str(checkpoint), "--budget", "0.3", "--out", str(plan)]
+    assert main([*args, "--workload", str(data), "--metric", "nll"]) == 0
+    written = Plan.load(plan)
+    search = written.metadata["floor_search"]
+    assert search["metric"] == "nll" and [r["floor"] for r in search["floors"]] == [8, 16, 32]
+    assert written.floor == search["best_floor"] and min(written.budgets) >= written.floor
+    means = [r["mean_degradation"] for r in search["floors"]]
+    assert means[[8, 16, 32].index(written.floor)] == min(means)
+    printed = capsys.readouterr().out
+    assert printed.count("<- kept") == 1 and f"plan written to {plan}" in printed
+    # The profile was calibrated on a JSONL file: without it, a clear error and no plan.
+    plan.unlink()
+    assert main(args) == 2
+    assert "pass the same file with --workload" in capsys.readouterr().err and not plan.exists()
+
+
+def test_tune_floor_rebuilds_a_built_in_calibration_workload(checkpoint, tmp_path, capsys):
+    profile, plan = tmp_path / "profile.json", tmp_path / "plan.json"
+    calibrate = ["calibrate", "--model", str(checkpoint), "--context-length", "120", "--n-per-task", "1"]
+    assert main([*calibrate, "--out", str(profile)]) == 0
+    args = ["tune-floor", str(profile), "--model", str(checkpoint), "--budget", "0.3", "--floors", "8", "16"]
+    assert main([*args, "--out", str(plan)]) == 0
+    assert json.loads(plan.read_text())["metadata"]["floor_search"]["metric"] == "score"
+    # A profile whose recorded examples no longer match what the description rebuilds is refused.
+    data = json.loads(profile.read_text())
+    data["workload"]["examples_sha256"] = "0" * 64
+    profile.write_text(json.dumps(data))
+    assert main([*args, "--out", str(tmp_path / "other.json")]) == 2
+    assert "differs from the one it was calibrated on" in capsys.readouterr().err
