@@ -49,7 +49,8 @@ def plan_degradation(
 
     Args:
         model, tokenizer, workload, metric, compress, scorer, extra_tokens: as in
-            :func:`depthkv.calibrate` (use the profile's metric and the calibration split).
+            :func:`depthkv.calibrate` (measure on the calibration split, never on the evaluation
+            split you will report).
         plans: one plan or several, all with the same eviction policy; relative plans are resolved at
             each example's context length (:meth:`Plan.budgets_for`).
 
