@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import depthkv
 from depthkv.plan_check import FloorSearch, default_floors, plan_degradation, tune_floor
 
 from .conftest import tiny_model
-from .test_calibrate import CharTokenizer, workload
+from .test_calibrate import CharTokenizer, answer_nll_with_budgets, workload
 
 
 @pytest.fixture(scope="module")
@@ -44,24 +43,13 @@ def test_a_whole_plan_equals_running_it(model):
     """Several layers pruned at once: the measured NLL change equals running the model with that
     plan through ``depthkv.apply`` (prompt compressed, then the answer teacher-forced)."""
     wl = workload(2)
-    tok = CharTokenizer()
     budgets = [16, None, 24, 12]
     plan = depthkv.plan_from_budgets(model, budgets)
-    got = plan_degradation(model, tok, wl, plan, compress="prompt", progress=False)
+    got = plan_degradation(model, CharTokenizer(), wl, plan, compress="prompt", progress=False)
     assert got.shape == (2,)
     for i, ex in enumerate(wl):
-        prompt, answer = tok(ex["context"] + ex["question"])["input_ids"], tok(ex["answer"])["input_ids"]
-        nll = []
-        for b in (budgets, [None] * 4):
-            handle = depthkv.apply(model, depthkv.plan_from_budgets(model, b))
-            cache = handle.new_cache()
-            with torch.no_grad():
-                first = handle(torch.tensor([prompt]), cache=cache).logits[:, -1:]
-                rest = handle(torch.tensor([answer[:-1]]), cache=cache).logits
-            handle.remove()
-            logp = torch.log_softmax(torch.cat([first, rest], 1)[0].float(), -1)
-            nll.append(-logp[torch.arange(len(answer)), torch.tensor(answer)].mean().item())
-        assert got[i] == pytest.approx(nll[0] - nll[1], abs=1e-5)
+        want = answer_nll_with_budgets(model, ex, budgets) - answer_nll_with_budgets(model, ex, [None] * 4)
+        assert got[i] == pytest.approx(want, abs=1e-5)
 
 
 def test_budgets_at_least_the_context_cost_nothing(model):
