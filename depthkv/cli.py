@@ -275,10 +275,10 @@ def run_tune_floor(args: argparse.Namespace) -> None:
     search = depthkv.tune_floor(
         model, tokenizer, workload, profile, args.budget, args.strategy, floors=args.floors, metric=args.metric
     )
-    plan = search.plan
-    plan.metadata["floor_search"] = search.to_dict()
+    plan, record = search.plan, search.to_dict()
+    plan.metadata["floor_search"] = record
     plan.save(args.out)
-    for row in search.to_dict()["floors"]:
+    for row in record["floors"]:
         mark = "  <- kept" if row["floor"] == plan.floor else ""
         print(f"floor {row['floor']:>5}: mean {args.metric} degradation {row['mean_degradation']:+.4f}  "
               f"{' '.join(map(str, row['budgets']))}{mark}")

@@ -170,8 +170,8 @@ def tune_floor(
     """
     if "floor" in allocate_kwargs:
         raise ValueError("tune_floor chooses the floor; give the candidates as floors=[...]")
-    first = allocate(profile, budget, strategy, **allocate_kwargs)
     if floors is None:
+        first = allocate(profile, budget, strategy, **allocate_kwargs)
         floors = default_floors(first.floor, first.total, first.n_layers)
     floors = sorted({int(f) for f in floors})
     if not floors:

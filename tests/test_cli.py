@@ -111,10 +111,8 @@ def test_tune_floor_command(checkpoint, small_profile, tmp_path, capsys):
     """`depthkv tune-floor` measures the plan of each floor on the calibration workload and writes the
     best one, with every floor's result in its metadata."""
     from depthkv import Plan
-    from depthkv.tasks import builtin_workload, save_jsonl
 
-    data = tmp_path / "wl.jsonl"
-    save_jsonl(builtin_workload(["niah_single"], n_per_task=2, context_length=150).examples, data)
+    data = small_profile.parent / "wl.jsonl"  # the workload the profile was calibrated on
     plan = tmp_path / "plan.json"
     args = ["tune-floor", str(small_profile), "--model", str(checkpoint), "--budget", "0.3", "--out", str(plan)]
     assert main([*args, "--workload", str(data), "--metric", "nll"]) == 0
