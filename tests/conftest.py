@@ -1,13 +1,23 @@
-"""Shared fixtures: tiny random-weight models of each supported family (built from configs, no download)."""
+"""Shared set-up: tiny random-weight models of each supported family (built from configs, no download).
+
+Triton kernels run natively where CUDA is present and under the Triton interpreter elsewhere
+(``TRITON_INTERPRET=1``, set here before any kernel module is imported); ``make test-gpu`` runs the
+kernel tests natively and fails without CUDA. Hypothesis runs derandomized (the same examples every
+run) with no example database, so it writes nothing into the repository.
+"""
 
 from __future__ import annotations
 
 import os
 
-import pytest
 import torch
+from hypothesis import settings
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+settings.register_profile("depthkv", derandomize=True, database=None, print_blob=True)
+settings.load_profile("depthkv")
 
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3")
 
@@ -55,6 +65,9 @@ def tiny_model(family: str = "llama", seed: int = 0, **kwargs):
     return model
 
 
-@pytest.fixture(scope="session")
-def llama():
-    return tiny_model("llama")
+def set_attention_scale(model, scaling: float) -> None:
+    """Give every attention module of ``model`` the softmax scale ``scaling`` (as Gemma 2/3's
+    ``query_pre_attn_scalar`` does), instead of ``head_dim ** -0.5``."""
+    for module in model.modules():
+        if hasattr(module, "scaling") and hasattr(module, "layer_idx"):
+            module.scaling = scaling

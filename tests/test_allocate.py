@@ -65,3 +65,19 @@ def test_errors_are_helpful(model):
 def test_uniform_plan_without_profile(model):
     plan = depthkv.uniform_plan(model, 24, policy="streaming")
     assert plan.budgets == [24, 24, 24] and plan.floor == 12
+
+
+def test_global_total_is_rounded_not_truncated(model):
+    """0.29 of a 100-token context is 28.999... tokens per layer in floating point: the global total
+    over 3 layers is round(86.999...) = 87, not 86."""
+    plan = depthkv.allocate(make_profile(model), 0.29, "uniform")
+    assert plan.total == 87
+    assert plan.metadata["total"] == 87
+
+
+def test_relative_plan_rescaled_total_is_rounded(model):
+    """A relative plan's total scales with the context and is rounded: 87 * 133 / 100 = 115.71 -> 116."""
+    plan = depthkv.allocate(make_profile(model), 0.29, "proportional")
+    assert plan.total == 87 and plan.context_length == 100
+    assert sum(plan.budgets_for(133)) == 116
+    assert sum(plan.budgets_for(150)) == 130  # 130.5 rounds half to even, as Python's round does

@@ -9,7 +9,7 @@ import depthkv
 from depthkv.cache import BudgetCache, DepthKVUsageError
 from depthkv.policies import PolicyConfig
 
-from .conftest import FAMILIES, tiny_model
+from .conftest import FAMILIES, set_attention_scale, tiny_model
 
 DETERMINISTIC = ("snapkv", "h2o", "streaming", "tova", "knorm")
 
@@ -24,22 +24,44 @@ def _ids(b: int, s: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(1, 97, (b, s), generator=g)
 
 
+GENERATE = dict(max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_full_budget_reproduces_unpruned_model(models, family):
+    """Full layers keep every token during decoding too: the logits of every generated step match."""
     model = models[family]
     ids = _ids(1, 37)
     with torch.no_grad():
         ref_logits = model(ids).logits
-        ref_tokens = model.generate(ids, max_new_tokens=8, do_sample=False)
+        ref = model.generate(ids, **GENERATE)
     handle = depthkv.apply(model, depthkv.plan_from_budgets(model, [None] * 3))
     try:
         with torch.no_grad():
             logits = handle(ids).logits
-            tokens = handle.generate(ids, max_new_tokens=8, do_sample=False)
+            out = handle.generate(ids, **GENERATE)
     finally:
         handle.remove()
     torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)
-    assert torch.equal(tokens, ref_tokens)
+    assert torch.equal(out.sequences, ref.sequences)
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(ref.logits), rtol=0, atol=1e-5)
+
+
+def test_attention_uses_the_model_s_softmax_scale():
+    """Models whose attention scale is not head_dim ** -0.5 (Gemma 2/3's query_pre_attn_scalar)
+    get their own scale: a full-budget run matches the unmodified model at a changed scale."""
+    model = tiny_model("llama")
+    set_attention_scale(model, 0.9)  # head_dim 16: the default would be 0.25
+    ids = _ids(1, 30)
+    with torch.no_grad():
+        ref = model.generate(ids, **GENERATE)
+    handle = depthkv.apply(model, depthkv.plan_from_budgets(model, [None] * 3))
+    try:
+        with torch.no_grad():
+            out = handle.generate(ids, **GENERATE)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(ref.logits), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("policy", depthkv.POLICIES)

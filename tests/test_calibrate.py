@@ -72,11 +72,13 @@ def answer_nll_with_budgets(model, example, budgets) -> float:
     answer = tok(example["answer"])["input_ids"]
     assert prompt and answer
     handle = depthkv.apply(model, depthkv.plan_from_budgets(model, budgets))
-    cache = handle.new_cache()
-    with torch.no_grad():
-        first = handle(torch.tensor([prompt]), cache=cache).logits[:, -1:]
-        rest = handle(torch.tensor([answer[:-1]]), cache=cache).logits
-    handle.remove()
+    try:
+        cache = handle.new_cache()
+        with torch.no_grad():
+            first = handle(torch.tensor([prompt]), cache=cache).logits[:, -1:]
+            rest = handle(torch.tensor([answer[:-1]]), cache=cache).logits
+    finally:
+        handle.remove()
     logp = torch.log_softmax(torch.cat([first, rest], 1)[0].float(), -1)
     return -logp[torch.arange(len(answer)), torch.tensor(answer)].mean().item()
 
@@ -141,6 +143,56 @@ def test_bad_inputs(model):
         depthkv.calibrate(model, CharTokenizer(), workload(1), ablation_budget=1.5)
     with pytest.raises(ValueError, match="compress"):
         depthkv.calibrate(model, CharTokenizer(), workload(1), compress="all")
+
+
+def checksum_scorer(example, prediction: str) -> float:
+    """A scorer that moves with every character of the prediction (random models never answer right)."""
+    return (sum(map(ord, prediction)) % 101) / 101
+
+
+def generated_score(model, example, budgets, scorer=checksum_scorer) -> float:
+    """Score of greedy generation when ``model`` runs through ``depthkv.apply`` with ``budgets``:
+    the context prefilled and compressed, then the question, then ``len(answer)`` tokens one by one
+    (``compress="context"``), each fed back."""
+    import torch
+
+    tok = CharTokenizer()
+    context = torch.tensor([tok(example["context"])["input_ids"]])
+    question = torch.tensor([tok(example["question"])["input_ids"]])
+    n = len(tok(example["answer"])["input_ids"])
+    handle = depthkv.apply(model, depthkv.plan_from_budgets(model, budgets))
+    try:
+        cache = handle.new_cache()
+        with torch.no_grad():
+            handle(context, cache=cache)
+            logits = handle(question, cache=cache).logits[0, -1]
+            tokens = []
+            for _ in range(n):
+                tokens.append(int(logits.argmax()))
+                logits = handle(torch.tensor([[tokens[-1]]]), cache=cache).logits[0, -1]
+    finally:
+        handle.remove()
+    return scorer(example, tok.decode(tokens))
+
+
+def test_score_metric_is_the_score_drop_of_running_the_plan(model):
+    """metric="score": each entry is the scorer's value with the full cache minus its value when
+    the model generates with only that layer pruned, as running it through depthkv.apply gives."""
+    wl = workload(2)
+    profile = depthkv.calibrate(
+        model, CharTokenizer(), wl, metric="score", scorer=checksum_scorer, ablation_budget=12,
+        progress=False, n_permutations=19,
+    )
+    expected = np.zeros((2, 4))
+    for i, ex in enumerate(wl):
+        full = generated_score(model, ex, [None] * 4)
+        assert profile.baseline[i] == pytest.approx(full)
+        for layer in range(4):
+            budgets = [None] * 4
+            budgets[layer] = 12
+            expected[i, layer] = full - generated_score(model, ex, budgets)
+    assert np.abs(expected).max() > 0  # pruning changes what is generated: the check can fail
+    np.testing.assert_allclose(profile.degradation[0], expected, atol=1e-12)
 
 
 def test_score_metric_with_dict_examples(model):

@@ -66,8 +66,10 @@ def test_pruned_cache_generation_equals_apply():
     ids = torch.tensor([tok(ex["context"] + ex["question"])["input_ids"]])
     n = len(tok(ex["answer"])["input_ids"]) + 2
     handle = depthkv.apply(model, plan)
-    out = handle.generate(ids, max_new_tokens=n, do_sample=False)
-    handle.remove()
+    try:
+        out = handle.generate(ids, max_new_tokens=n, do_sample=False)
+    finally:
+        handle.remove()
     assert preds[0] == tok.decode(out[0, ids.shape[1] :].tolist())
 
 

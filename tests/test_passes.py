@@ -73,14 +73,13 @@ def test_every_attention_node_rewritten_with_its_budget(form):
     assert not any("stage" in str(n.target) for n in gm.graph.nodes)  # markers and repeat chains removed
 
 
-def test_pass_is_linear_in_nodes():
-    small = build_graph([16] * 4)
-    big = build_graph([16] * 64)
-    r_small = specialize_budgets(small, [16] * 4, PolicyConfig())
-    r_big = specialize_budgets(big, [16] * 64, PolicyConfig())
-    assert len(r_big.rewritten) == 64
-    # 16x the nodes should cost far less than 16^2 = 256x the time
-    assert r_big.seconds < 64 * max(r_small.seconds, 1e-4)
+def test_pass_rewrites_a_deep_model():
+    """64 layers: every one rewritten with its own budget (the pass's cost against depth is measured
+    in benchmarks/test_pass_cost.py, not asserted here: wall-clock limits flake under load)."""
+    budgets = [8 + i for i in range(64)]
+    gm = build_graph(budgets)
+    report = specialize_budgets(gm, budgets, PolicyConfig())
+    assert report.rewritten == dict(enumerate(budgets))
 
 
 def test_attention_not_reading_the_cache_is_an_error_naming_the_node():

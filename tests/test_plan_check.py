@@ -9,7 +9,7 @@ import depthkv
 from depthkv.plan_check import FloorSearch, default_floors, plan_degradation, tune_floor
 
 from .conftest import tiny_model
-from .test_calibrate import CharTokenizer, answer_nll_with_budgets, workload
+from .test_calibrate import CharTokenizer, answer_nll_with_budgets, checksum_scorer, generated_score, workload
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +57,15 @@ def test_budgets_at_least_the_context_cost_nothing(model):
     assert (plan_degradation(model, CharTokenizer(), workload(2), plan, progress=False) == 0).all()
 
 
-def test_score_metric_generates(model):
-    plan = depthkv.plan_from_budgets(model, [8, 8, 8, 8])
-    got = plan_degradation(model, CharTokenizer(), workload(2), plan, metric="score", progress=False)
-    assert got.shape == (2,) and np.all((got >= -1) & (got <= 1))
+def test_score_metric_is_the_score_drop_of_generating_with_the_plan(model):
+    """metric="score" generates token by token with every layer at its budget, as running the plan does."""
+    wl = workload(2)
+    budgets = [8, 12, None, 10]
+    plan = depthkv.plan_from_budgets(model, budgets)
+    got = plan_degradation(model, CharTokenizer(), wl, plan, metric="score", scorer=checksum_scorer, progress=False)
+    want = [generated_score(model, ex, [None] * 4) - generated_score(model, ex, budgets) for ex in wl]
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, atol=1e-12)
 
 
 def test_tune_floor_keeps_the_plan_with_the_lowest_joint_degradation(model, profile):

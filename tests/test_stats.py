@@ -81,6 +81,32 @@ def test_type_one_error_is_calibrated():
     assert 0.02 <= np.mean(p_fried <= alpha) <= 0.09
 
 
+def test_ties_with_the_observed_statistic_count_as_extreme():
+    """[[0, 1], [0, 1]]: half of the row-wise relabelings reproduce T(X) exactly (both rows kept or
+    both swapped), the other half give T = 0, so p = P(T* >= T) = 1/2. A test that counted only
+    null values clearly above T (``>``, or ``>= 1.05 T``) would report p near 1/(P+1)."""
+    x = np.array([[0.0, 1.0], [0.0, 1.0]])
+    res = permutation_test(x, n_permutations=4000, seed=0)
+    assert res.pvalue == pytest.approx(0.5, abs=0.03)  # > 5 binomial standard errors
+
+
+def test_pvalue_matches_exhaustive_enumeration():
+    """On a 3 x 3 matrix every row-wise relabeling can be listed (6^3 = 216, equally likely under the
+    null): the Monte-Carlo p-value converges to the exact fraction with T* >= T."""
+    rng = np.random.default_rng(7)
+    x = _null_matrix(rng, 3, 3, offset_scale=0.0)
+    x[:, 0] += 0.8
+    observed = _brute_force_statistic(x)
+    perms = list(itertools.permutations(range(3)))
+    exact = np.mean(
+        [_brute_force_statistic(x[np.arange(3)[:, None], np.array(p)]) >= observed - 1e-12
+         for p in itertools.product(perms, repeat=3)]
+    )
+    assert 0.05 < exact < 0.6  # a p-value a biased count would move
+    res = permutation_test(x, n_permutations=20_000, seed=1)
+    assert res.pvalue == pytest.approx(exact, abs=0.015)  # ~4 standard errors of the Monte-Carlo estimate
+
+
 def test_pvalue_is_never_zero():
     x = _planted_matrix()
     x[:, 0] += 100.0  # no permutation comes close

@@ -43,6 +43,16 @@ def _meta_shape(node: object) -> tuple[int, ...] | None:
     return tuple(val.shape) if val is not None and hasattr(val, "shape") else None
 
 
+def _scale_arg(scale: object) -> object:
+    """The softmax scale as the op's ``float`` argument: a literal, or the graph's symbolic float.
+
+    Dynamo makes a module's float attribute (``self.scaling``) a graph input once it has seen it
+    change between compilations of the same code (two models of one class with different head
+    dims in one process); the op then takes that symbolic value instead of a literal.
+    """
+    return scale if isinstance(scale, fx.Node) else float(scale)
+
+
 def specialize_budgets(gm: fx.GraphModule, budgets: list[int], policy: PolicyConfig, impl: str = "reference") -> PassReport:
     """Rewrite ``gm`` in place; returns a :class:`PassReport`.
 
@@ -75,7 +85,7 @@ def specialize_budgets(gm: fx.GraphModule, budgets: list[int], policy: PolicyCon
             raise UnsupportedAttentionError(f"cannot infer the softmax scale of attention node '{site.node.name}'")
         mask = None if site.is_causal else site.mask
         args = (
-            site.query, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, seen, float(scale), budget,
+            site.query, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, seen, _scale_arg(scale), budget,
             policy.name, policy.window, policy.kernel, policy.sinks, policy.seed, site.layer, impl,
         )
         with graph.inserting_before(site.node):
