@@ -48,7 +48,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from depthkv.jsonio import atomic_write_text  # noqa: E402
+from depthkv.files import atomic_write_text  # noqa: E402
 
 C = 4.0  # tolerance multiple of PyTorch's own same-precision error (see tests/test_kernels_triton.py)
 WINDOW = 32  # SnapKV observation window used for the prefill scoring overhead

@@ -32,7 +32,7 @@ def _workload(n=2):
 
 @pytest.fixture(scope="module")
 def setup():
-    from depthkv.tasks import ByteTokenizer
+    from depthkv.workload import ByteTokenizer
 
     return tiny_llama(LAYERS), ByteTokenizer(), _workload()
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import depthkv
-from depthkv.backend import backend
-from depthkv.static_cache import StaticBudgetCache
+from depthkv import StaticBudgetCache, backend
+from depthkv.runtime.attention import use_depthkv_attention
 
 from .tiny import tiny_llama
 
@@ -72,8 +72,7 @@ def test_decode_depthkv(benchmark, model, ctx, fraction):
     benchmark.group = f"decode-step-{ctx}"
     plan = depthkv.uniform_plan(model, int(fraction * ctx))
     cache = StaticBudgetCache.for_model(model, plan, max_len=ctx + ROUNDS + WARMUP + 1)
-    depthkv.attention.register()
-    model.set_attn_implementation("depthkv")
+    use_depthkv_attention(model)
     try:
         with torch.inference_mode():
             model(_ids(ctx), cache=cache, use_cache=True)  # eager prefill with eviction
@@ -93,11 +92,10 @@ def _variants(model, ctx):
     with torch.inference_mode():
         model(_ids(ctx), cache=full, use_cache=True)
     out = [("full", torch.compile(model, fullgraph=True), full)]
-    depthkv.attention.register()
     for fraction in (0.1, 0.2):
         plan = depthkv.uniform_plan(model, int(fraction * ctx))
         cache = StaticBudgetCache.for_model(model, plan, max_len=max_len)
-        model.set_attn_implementation("depthkv")
+        use_depthkv_attention(model)
         with torch.inference_mode():
             model(_ids(ctx), cache=cache, use_cache=True)
         model.set_attn_implementation("sdpa")

@@ -5,65 +5,75 @@ sensitive layers, and run (or compile) the model with those per-layer budgets::
 
     profile = depthkv.calibrate(model, tokenizer, workload)
     plan = depthkv.allocate(profile, budget=0.2)
-    handle = depthkv.apply(model, plan)          # eager reference path
-    out = handle.generate(input_ids, max_new_tokens=32)
+    with depthkv.apply(model, plan) as handle:           # eager reference path
+        out = handle.generate(input_ids, max_new_tokens=32)
+
+This namespace holds the pipeline's verbs, its artefacts and the errors a user can meet; the
+packages below are the pipeline's stages, in the order data flows through them (``workload``,
+``calibration``, ``profile``, ``allocation``, ``runtime``, ``passes``, ``compiler``, ``kernels``,
+``evaluation``; see ``docs/architecture.md``).
 
 Importing depthkv has no side effects: nothing is registered with transformers and no CUDA
 context is created until you call one of these functions.
 """
 
-from .allocate import allocate, plan_from_budgets, uniform_plan
-from .allocate_core import STRATEGIES, allocate_from_sensitivity
-from .apply import DepthKVModel, apply
-from .backend import DepthKVBackend, backend, compile
-from .cache import BudgetCache, BudgetLayer, DepthKVUsageError
-from .calibrate import calibrate
-from .fingerprint import FingerprintMismatch, ModelFingerprint, fingerprint
-from .generation import greedy_generate
-from .jsonio import CorruptFileError
-from .plan_check import FloorSearch, plan_degradation, tune_floor
-from .policies import POLICIES, PolicyConfig
-from .profile import Plan, Profile
-from .static_cache import StaticBudgetCache
-from .stats import LayerStats, permutation_test
-
-
-def load_model(name_or_path: str, **kwargs):
-    """Load a shipped tiny model (``"tiny-llama"``, ...) or a local HF checkpoint: ``(model, tokenizer)``."""
-    from .models import load_model as _load
-
-    return _load(name_or_path, **kwargs)
-
+from depthkv.allocation import STRATEGIES, allocate, plan_from_budgets, uniform_plan
+from depthkv.calibration import LayerStats, calibrate
+from depthkv.compiler import DepthKVBackend, backend, compile
+from depthkv.evaluation import FloorSearch, MethodResult, evaluate, plan_degradation, tune_floor
+from depthkv.files import CorruptFileError
+from depthkv.kernels.custom_ops import DepthKVGraphError
+from depthkv.models import load_model
+from depthkv.passes import UnsupportedAttentionError
+from depthkv.policies import POLICIES, PolicyConfig
+from depthkv.profile import METRICS, FingerprintMismatch, ModelFingerprint, Plan, Profile, fingerprint
+from depthkv.runtime import (
+    BudgetCache,
+    DepthKVModel,
+    DepthKVUsageError,
+    StaticBudgetCache,
+    apply,
+    greedy_generate,
+)
+from depthkv.workload import Workload, builtin_workload, from_jsonl
 
 __all__ = [
-    "POLICIES",
-    "STRATEGIES",
-    "BudgetCache",
-    "BudgetLayer",
-    "DepthKVBackend",
-    "StaticBudgetCache",
-    "CorruptFileError",
-    "DepthKVModel",
-    "DepthKVUsageError",
-    "FingerprintMismatch",
-    "FloorSearch",
-    "LayerStats",
-    "ModelFingerprint",
-    "Plan",
-    "PolicyConfig",
-    "Profile",
+    # the pipeline's verbs
+    "builtin_workload",
+    "from_jsonl",
+    "load_model",
+    "calibrate",
     "allocate",
-    "allocate_from_sensitivity",
+    "uniform_plan",
+    "plan_from_budgets",
     "apply",
     "backend",
     "compile",
     "greedy_generate",
-    "calibrate",
-    "fingerprint",
-    "load_model",
-    "permutation_test",
+    "evaluate",
     "plan_degradation",
-    "plan_from_budgets",
     "tune_floor",
-    "uniform_plan",
+    "fingerprint",
+    # artefacts and the objects the verbs return
+    "Workload",
+    "Profile",
+    "Plan",
+    "PolicyConfig",
+    "ModelFingerprint",
+    "LayerStats",
+    "BudgetCache",
+    "StaticBudgetCache",
+    "DepthKVModel",
+    "DepthKVBackend",
+    "FloorSearch",
+    "MethodResult",
+    "METRICS",
+    "POLICIES",
+    "STRATEGIES",
+    # errors a user can meet
+    "CorruptFileError",
+    "FingerprintMismatch",
+    "DepthKVUsageError",
+    "DepthKVGraphError",
+    "UnsupportedAttentionError",
 ]

@@ -49,7 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--policy", default="snapkv")
     cal.add_argument("--out", required=True, help="profile JSON path (also the resume checkpoint)")
 
-    from .allocate_core import STRATEGIES
+    from depthkv.allocation import STRATEGIES
 
     alloc = sub.add_parser("allocate", help="turn a profile into a plan")
     alloc.add_argument("profile")
@@ -80,7 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _model(name: str):
-    from .models import load_model
+    from depthkv.models import load_model
 
     return load_model(name)
 
@@ -95,7 +95,7 @@ def _default_tasks(name: str) -> list[str]:
     """The tasks the model's card lists as learned (full-cache accuracy at the trained length at
     least the card's ``learned_threshold``, 0.8): a task the model has not learned is left out of
     the default workload, as the card says. The built-in defaults for a model without a card."""
-    from .tasks import DEFAULT_TASKS
+    from depthkv.workload import DEFAULT_TASKS
 
     card = _card(name)
     return list(card.get("learned_tasks") or DEFAULT_TASKS)
@@ -119,9 +119,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import depthkv
-    from depthkv.evaluate import evaluate, method_plans
-    from depthkv.report import summary_rows, write_report
-    from depthkv.tasks import builtin_workload
+    from depthkv.evaluation import evaluate, method_plans
+    from depthkv.evaluation.report import summary_rows, write_report
+    from depthkv.workload import builtin_workload
 
     start = time.time()
     torch.manual_seed(args.seed)
@@ -197,7 +197,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_calibrate(args: argparse.Namespace) -> None:
     import depthkv
-    from depthkv.tasks import builtin_workload, from_jsonl
+    from depthkv.workload import builtin_workload, from_jsonl
 
     model, tokenizer = _model(args.model)
     if args.workload:
@@ -241,7 +241,7 @@ def run_allocate(args: argparse.Namespace) -> None:
 def _calibration_workload(profile: Any, path: str | None) -> Any:
     """The workload ``profile`` was calibrated on: ``path`` (JSONL), or the built-in split rebuilt
     from the profile's description and checked against its examples' digest."""
-    from depthkv.tasks import builtin_workload, from_jsonl
+    from depthkv.workload import builtin_workload, from_jsonl
 
     if path:
         return from_jsonl(path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from depthkv.cli import main
-from depthkv.tasks import ByteTokenizer
+from depthkv.workload import ByteTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_demo_quick_writes_every_report_file(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def small_profile(checkpoint, tmp_path_factory):
     """``depthkv calibrate`` on a 2-example JSONL workload (150 tokens): the profile's path."""
-    from depthkv.tasks import builtin_workload, save_jsonl
+    from depthkv.workload import builtin_workload, save_jsonl
 
     tmp = tmp_path_factory.mktemp("calibrated")
     data = tmp / "wl.jsonl"
@@ -95,7 +95,7 @@ def test_demo_leaves_out_the_tasks_the_card_calls_not_learned(name):
     default workload. The demo's tasks are exactly the card's learned ones, each at or above the
     card's threshold at the trained length; a model without a card gets the built-in defaults."""
     from depthkv.cli import _card, _default_tasks
-    from depthkv.tasks import DEFAULT_TASKS
+    from depthkv.workload import DEFAULT_TASKS
 
     card = _card(name)
     tasks = _default_tasks(name)

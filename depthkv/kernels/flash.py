@@ -1,4 +1,4 @@
-"""Optional flash-attn wrapper (CUDA only): prefill with LSE and decode over a prefix-valid cache.
+"""Optional flash-attn wrapper (CUDA only): prefill attention that also returns the log-sum-exp.
 
 flash-attn (Dao et al., https://arxiv.org/abs/2205.14135, ``pip install 'depthkv[flash]'``) is
 imported lazily inside the functions, so this module imports fine without it; :func:`available`
@@ -6,10 +6,11 @@ says whether it can be used. Semantics are those of :mod:`depthkv.kernels.refere
 
 * :func:`attention_lse` — ``flash_attn_func(..., return_attn_probs=True)`` returns the output and
   the per-query LSE; flash-attn >= 2.1's causal mask is bottom-right aligned like ours.
-* :func:`decode_attention` — ``flash_attn_with_kvcache(..., cache_seqlens=...,
-  return_softmax_lse=True, causal=False)``. flash-attn knows only a valid *prefix length* per batch
-  row (the same for all KV heads), not a per-slot mask, and returns no probabilities: the mass is
-  computed by :func:`depthkv.kernels.triton_decode.slot_mass` from K and flash-attn's LSE.
+
+Decode does not use flash-attn: ``flash_attn_with_kvcache`` knows only a valid *prefix length* per
+batch row, while a compacted depthkv buffer keeps its empty slots first and its valid slots in any
+order, so decode runs the Triton kernel (:mod:`depthkv.kernels.triton_decode`) under
+``impl="flash"`` too.
 
 Only fp16/bf16 and head dims flash-attn supports (<= 256, multiple of 8). Layout: flash-attn
 takes ``[B, S, H, D]``; our ``[B, H, S, D]`` tensors are passed as transposed views (no copy;
@@ -22,7 +23,7 @@ import torch
 
 from . import reference as _ref
 
-__all__ = ["attention_lse", "available", "decode_attention"]
+__all__ = ["attention_lse", "available"]
 
 
 def available() -> bool:
@@ -74,61 +75,3 @@ def attention_lse(
     out, lse = res[0], res[1]
     # Some flash-attn 2.x releases round the LSE's query axis up to a multiple of 128.
     return out.transpose(1, 2), lse[..., :sq].float()
-
-
-def prefix_lengths(valid: torch.Tensor) -> torch.Tensor:
-    """int32 ``[B]`` valid prefix length of each batch row of ``valid [B, Hkv, N]``.
-
-    Raises ValueError when the valid slots of a row are not a prefix or differ between KV heads
-    (flash-attn cannot express that; use the Triton decode kernel). Synchronises the GPU: pass
-    ``cache_seqlens`` to :func:`decode_attention` to avoid it.
-    """
-    lengths = valid.sum(dim=-1)
-    n = valid.shape[-1]
-    prefix = torch.arange(n, device=valid.device) < lengths[..., None]
-    if not bool(torch.equal(prefix, valid)) or not bool((lengths == lengths[:, :1]).all()):
-        raise ValueError(
-            "flash-attn decode needs each batch row's valid slots to be a prefix [0, len) shared by all "
-            "KV heads; this buffer's are not — use impl='triton' (per-slot validity masks)"
-        )
-    return lengths[:, 0].to(torch.int32)
-
-
-def decode_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    valid: torch.Tensor,
-    scale: float,
-    *,
-    cache_seqlens: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """flash-attn version of :func:`depthkv.kernels.reference.decode_attention` (prefix-valid buffers).
-
-    Args:
-        q: ``[B, H, m, D]`` fp16/bf16 CUDA. k, v: ``[B, Hkv, N, D]``.
-        valid: bool ``[B, Hkv, N]``; must be a prefix per batch row, equal across KV heads.
-        scale: softmax scale.
-        cache_seqlens: optional int32 ``[B]`` valid lengths (skips deriving and checking them from
-            ``valid``, which synchronises).
-
-    Returns:
-        ``(out [B, H, m, D], mass [B, Hkv, N] fp32)``; rows with length 0 give 0 and 0.
-    """
-    b, h, hkv, m, n, d = _ref.check_qkv(q, k, v)
-    _ref.check_valid(valid, b, hkv, n)
-    _check(q)
-    from flash_attn import flash_attn_with_kvcache
-
-    from .triton_decode import slot_mass
-
-    seqlens = prefix_lengths(valid) if cache_seqlens is None else cache_seqlens.to(torch.int32)
-    qt, kt, vt = (_last_dim_contiguous(t.transpose(1, 2)) for t in (q, k, v))
-    out, lse = flash_attn_with_kvcache(
-        qt, kt, vt, cache_seqlens=seqlens, softmax_scale=float(scale), causal=False, return_softmax_lse=True
-    )
-    empty = (seqlens == 0).view(b, 1, 1)
-    # flash-attn reports an empty row's LSE as +inf or -inf depending on its split path.
-    lse = torch.where(empty, float("-inf"), lse[..., :m].float())
-    out = torch.where(empty[..., None], 0.0, out.transpose(1, 2)).to(q.dtype)
-    return out, slot_mass(q, k, valid, lse, scale)

@@ -20,9 +20,6 @@ Valid-slot convention: ``valid[b, c, n]`` False means empty/padding and the slot
 probability and 0 mass. A (batch, KV head) with no valid slot yields ``out = 0`` and ``mass = 0``
 (the final LSE is ``-inf``; every exp is guarded so nothing becomes NaN).
 
-:func:`slot_mass` computes the mass from K and an externally computed LSE (used after
-flash-attn's decode kernel, which returns the LSE but no probabilities).
-
 Numerics as in :mod:`depthkv.kernels.triton_prefill` (fp32 softmax and accumulators, native
 fp16/bf16 ``tl.dot`` on GPUs, bf16 upcast to fp32 under the interpreter, IEEE dots for fp32).
 Results are deterministic for a given split plan (no atomics); the default plan depends on the
@@ -50,7 +47,7 @@ from .triton_prefill import (
     output,
 )
 
-__all__ = ["decode_attention", "slot_mass"]
+__all__ = ["decode_attention"]
 
 
 @triton.jit
@@ -190,52 +187,6 @@ def _decode_mass(
     tl.store(Mass + b * smb + c * smh + n64 * smn + in_n * smn, acc, mask=cmask)
 
 
-@triton.jit
-def _slot_mass_kernel(
-    Q, K, Lse, Valid, Mass,
-    sqb, sqh, sqm, sqd, skb, skh, skn, skd, slb, slh, slm, sab, sah, san, smb, smh, smn,
-    HKV, G, M, ROWS, N, D, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-):
-    pid_n = tl.program_id(0)
-    bc = tl.program_id(1).to(tl.int64)
-    b = bc // HKV
-    c = bc % HKV
-    in_n = tl.arange(0, BLOCK_N)
-    cols = pid_n * BLOCK_N + in_n
-    n64 = tl.cast(pid_n * BLOCK_N, tl.int64)
-    cmask = cols < N
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < D
-    ok = cmask & (tl.load(Valid + b * sab + c * sah + n64 * san + in_n * san, mask=cmask, other=0) != 0)
-    kt = tl.load(
-        K + b * skb + c * skh + n64 * skn + offs_d[:, None] * skd + in_n[None, :] * skn,
-        mask=dmask[:, None] & cmask[None, :], other=0.0,
-    )
-    if UPCAST:
-        kt = kt.to(tl.float32)
-    acc = tl.zeros([BLOCK_N], tl.float32)
-    for r0 in range(0, ROWS, BLOCK_M):
-        rows = r0 + tl.arange(0, BLOCK_M)
-        rmask = rows < ROWS
-        head = c * G + rows // M
-        qi = rows % M
-        q = tl.load(
-            Q + b * sqb + head[:, None] * sqh + qi[:, None] * sqm + offs_d[None, :] * sqd,
-            mask=rmask[:, None] & dmask[None, :], other=0.0,
-        )
-        if UPCAST:
-            q = q.to(tl.float32)
-        lse = tl.load(Lse + b * slb + head * slh + qi * slm, mask=rmask, other=float("-inf"))
-        fin = lse > float("-inf")
-        lse2 = tl.where(fin, lse * 1.4426950408889634, 0.0)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        p = tl.where(fin[:, None] & ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
-        acc += tl.sum(p, 0)
-    tl.store(Mass + b * smb + c * smh + n64 * smn + in_n * smn, acc, mask=cmask)
-
-
 _INTERPRETED = is_interpreted(_decode_partial)
 # Buffer slots per split under the interpreter (programs run one after another there, so the
 # split count only matters for exercising the reduction).
@@ -333,52 +284,3 @@ def decode_attention(
         BLOCK_M=mass_m, BLOCK_N=mass_n, num_warps=warps,
     )
     return out, mass
-
-
-def slot_mass(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    valid: torch.Tensor,
-    lse: torch.Tensor,
-    scale: float,
-    *,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-slot attention mass from K and a given LSE (for decode kernels that return only the LSE).
-
-    ``mass[b, c, n] = sum_{h in group c} sum_i exp(scale * q_{h,i} . k_n - lse[b, h, i])`` over
-    valid slots (0 for invalid ones and for rows whose ``lse`` is ``-inf``).
-
-    Args:
-        q: ``[B, H, m, D]`` fp32/fp16/bf16. k: ``[B, Hkv, N, D]`` (q's dtype).
-        valid: bool ``[B, Hkv, N]``. lse: ``[B, H, m]`` natural-log LSE (fp32) of each query over
-            the valid slots. scale: softmax scale.
-        out: optional preallocated fp32 ``[B, Hkv, N]``.
-
-    Returns:
-        fp32 ``[B, Hkv, N]``.
-    """
-    b, h, hkv, m, n, d = _ref.check_qkv(q, k, k)
-    _ref.check_valid(valid, b, hkv, n)
-    _ref.check_lse(lse, b, h, m)
-    check_float_dtype(q)
-    check_device(_INTERPRETED, q, k, valid, lse)
-    out = output(out, (b, hkv, n), torch.float32, q.device, "out")
-    if n == 0 or b * hkv == 0:
-        return out
-    if m == 0:
-        return out.zero_()
-    g = h // hkv
-    rows = g * m
-    lse = lse.float()
-    valid_u8 = valid.view(torch.uint8)
-    upcast, precision = dot_flags(q.dtype, _INTERPRETED)
-    block_n = interp_block(n) if _INTERPRETED else 64
-    _slot_mass_kernel[(triton.cdiv(n, block_n), b * hkv)](
-        q, k, lse, valid_u8, out,
-        *q.stride(), *k.stride(), *lse.stride(), *valid_u8.stride(), *out.stride(),
-        hkv, g, m, rows, n, d, float(scale) * LOG2E,
-        BLOCK_M=_row_block(rows), BLOCK_N=block_n, BLOCK_D=block_d(d), UPCAST=upcast, PRECISION=precision,
-        num_warps=1 if _INTERPRETED else 4,
-    )
-    return out

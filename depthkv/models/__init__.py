@@ -4,8 +4,8 @@
 ``depthkv/models/<name>/``: ``config.json``, ``model.safetensors``, the tokenizer file and a
 ``README.md`` model card with its measured accuracy); any other string is a local Hugging Face
 checkpoint directory. Nothing is downloaded: everything loads with ``local_files_only=True``.
-How the shipped models were trained: ``depthkv/models/train.py`` and each folder's
-``training.json``.
+How the shipped models were trained: each folder's ``training.json`` and model card, and the
+training code in the repository's ``training/`` folder (not part of the installed package).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def load_model(name_or_path: str | os.PathLike, device: Any = "cpu", dtype: Any 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from depthkv.tasks.tokenizer import CONFIG_NAME, ByteTokenizer
+    from depthkv.workload.tokenizer import CONFIG_NAME, ByteTokenizer
 
     key = os.fspath(name_or_path)
     if key in MODELS:

@@ -4,7 +4,7 @@ At the Dynamo level attention is one node, ``torch.nn.functional.scaled_dot_prod
 whether the model's attention implementation is ``sdpa`` (K/V possibly repeated for GQA with an
 ``x[:, :, None].expand(...).reshape(...)`` chain when a mask is passed) or ``depthkv`` (which emits
 SDPA with ``enable_gqa`` while tracing). Its key argument is traced back through view-like nodes to
-the ``depthkv::stage`` node of a :class:`~depthkv.static_cache.StaticBudgetLayer`, whose arguments
+the ``depthkv::stage`` node of a :class:`~depthkv.runtime.static_cache.StaticBudgetLayer`, whose arguments
 are that layer's buffers and whose ``layer_idx`` literal names the layer. The node's module path
 (``nn_module_stack``) is the cross-check.
 """

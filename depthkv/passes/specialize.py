@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 from torch import fx
 
-from ..ops import attend_evict_op
-from ..policies import PolicyConfig
-from .attention_nodes import UnsupportedAttentionError, find_attention, is_stage
+from depthkv.kernels import LayerBuffers
+from depthkv.kernels.custom_ops import attend_evict_args, attend_evict_op
+from depthkv.passes.attention_nodes import UnsupportedAttentionError, find_attention, is_stage
+from depthkv.policies import PolicyConfig
 
 
 @dataclass
@@ -53,8 +54,16 @@ def _scale_arg(scale: object) -> object:
     return scale if isinstance(scale, fx.Node) else float(scale)
 
 
-def specialize_budgets(gm: fx.GraphModule, budgets: list[int], policy: PolicyConfig, impl: str = "reference") -> PassReport:
+def specialize_budgets(
+    gm: fx.GraphModule, budgets: list[int | None], policy: PolicyConfig, impl: str = "reference"
+) -> PassReport:
     """Rewrite ``gm`` in place; returns a :class:`PassReport`.
+
+    Args:
+        budgets: tokens per layer; ``None`` for a full layer, whose budget is its buffer's size
+            (a :class:`~depthkv.StaticBudgetCache` gives full layers ``max_len`` slots).
+        policy: the eviction policy baked into every layer.
+        impl: the resolved kernel implementation baked into every layer.
 
     Raises:
         UnsupportedAttentionError: an attention node that cannot be mapped to a budgeted cache layer,
@@ -69,9 +78,16 @@ def specialize_budgets(gm: fx.GraphModule, budgets: list[int], policy: PolicyCon
             raise UnsupportedAttentionError(
                 f"attention node '{site.node.name}' is in layer {site.layer} but the plan has {len(budgets)} layers"
             )
-        budget = int(budgets[site.layer])
         k_buf, v_buf, pos_buf, score_buf, seen, k_new, v_new = site.stage.args[:7]
         shape = _meta_shape(k_buf)
+        budget = budgets[site.layer]
+        if budget is None:
+            if shape is None:
+                raise UnsupportedAttentionError(
+                    f"layer {site.layer} keeps every token but its buffer's size is unknown in this graph"
+                )
+            budget = shape[2]
+        budget = int(budget)
         if shape is not None and shape[2] != budget:
             raise UnsupportedAttentionError(
                 f"layer {site.layer}: the cache buffer holds {shape[2]} tokens but the plan's budget is {budget}; "
@@ -84,9 +100,9 @@ def specialize_budgets(gm: fx.GraphModule, budgets: list[int], policy: PolicyCon
         if scale is None:
             raise UnsupportedAttentionError(f"cannot infer the softmax scale of attention node '{site.node.name}'")
         mask = None if site.is_causal else site.mask
-        args = (
-            site.query, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, seen, _scale_arg(scale), budget,
-            policy.name, policy.window, policy.kernel, policy.sinks, policy.seed, site.layer, impl,
+        buffers = LayerBuffers(k_buf, v_buf, pos_buf, score_buf, seen)  # graph nodes standing for the tensors
+        args = attend_evict_args(
+            site.query, k_new, v_new, mask, buffers, _scale_arg(scale), budget, policy, site.layer, impl
         )
         with graph.inserting_before(site.node):
             new = graph.call_function(op, args=args)

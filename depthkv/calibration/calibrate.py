@@ -1,0 +1,181 @@
+"""``depthkv.calibrate``: per-layer sensitivity by one-layer-at-a-time ablation.
+
+For each example and each layer ``l``, only layer ``l`` is pruned to the ablation budget (every other
+layer keeps its full cache) and the degradation against the full cache is recorded
+(:mod:`depthkv.calibration.metrics`). The context is prefilled once per example (eviction happens
+after attention, so the prefill is the same for every ablation; each layer's policy scores are
+recorded on the way), and each ablation then runs only the tokens after the context through layers
+``>= l``, replaying the full run's output of layer ``l - 1`` for the layers below (they cannot see
+the pruning): :mod:`depthkv.calibration.engine`. See ``benchmarks/test_calibrate_reuse.py`` for the
+saving over re-running everything.
+
+The partial profile is written to the checkpoint after every example; a run with the same
+checkpoint, settings and workload resumes where it stopped. The statistics
+(:mod:`depthkv.calibration.stats`) are computed once every example is in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from depthkv.calibration.engine import Engine, check_compress, workload_items
+from depthkv.calibration.metrics import Degradation, check_metric
+from depthkv.calibration.stats import layer_stats
+from depthkv.policies import PolicyConfig, as_policy
+from depthkv.profile import Budget, Profile, budget_tokens, check_budget, fingerprint, round_tokens
+from depthkv.runtime.attention import depthkv_attention_enabled
+
+__all__ = ["ablation_tokens", "calibrate", "compute_stats"]
+
+
+def ablation_tokens(budget: Budget, context_tokens: int, floor: int) -> int:
+    """Tokens the ablated layer keeps: the budget at this example's context length, at least ``floor``."""
+    return max(round_tokens(budget_tokens(budget, context_tokens)), floor)
+
+
+def _check_budgets(budgets: Sequence[Budget]) -> list[Budget]:
+    out = [check_budget(b, "ablation budget") for b in budgets]
+    if not out:
+        raise ValueError("give at least one ablation budget")
+    return out
+
+
+def _settings(metric: str, compress: str, budgets: list, reuse: bool, extra: int) -> dict:
+    """What a resumed run must share with the checkpoint (the policy is the profile's own field)."""
+    return {"metric": metric, "compress": compress, "ablation_budgets": budgets, "reuse": reuse, "extra_tokens": extra}
+
+
+def _resume(
+    checkpoint: str | os.PathLike, model: Any, settings: dict, policy: PolicyConfig, description: dict
+) -> Profile | None:
+    if not os.path.exists(checkpoint):
+        return None
+    partial = Profile.load(checkpoint, model=model)
+    if partial.settings != settings or partial.policy != policy:
+        raise ValueError(
+            f"checkpoint {checkpoint} was made with other settings ({partial.settings}, policy {partial.policy}) "
+            f"than this run ({settings}, policy {policy}); use another checkpoint path or the same settings to resume"
+        )
+    if partial.workload != description:
+        raise ValueError(
+            f"checkpoint {checkpoint} was made on another workload ({partial.workload.get('name')!r}); "
+            "use another checkpoint path or the same workload to resume"
+        )
+    return partial
+
+
+def calibrate(
+    model: Any,
+    tokenizer: Any,
+    workload: Any,
+    *,
+    ablation_budget: Budget | Sequence[Budget] = 0.2,
+    metric: str = "nll",
+    policy: PolicyConfig | str | None = None,
+    compress: str = "context",
+    checkpoint: str | os.PathLike | None = None,
+    n_permutations: int = 10_000,
+    seed: int = 0,
+    reuse: bool = True,
+    scorer: Callable[[Any, str], float] | None = None,
+    extra_tokens: int = 0,
+    progress: bool = True,
+) -> Profile:
+    """Measure each layer's sensitivity to KV pruning on ``workload``.
+
+    Args:
+        model: a ``transformers`` causal LM in eval mode (its attention implementation is switched to
+            ``depthkv`` for the run and restored afterwards).
+        tokenizer: a HF tokenizer (or :class:`depthkv.workload.ByteTokenizer`).
+        workload: a :class:`depthkv.Workload` or a list of examples with ``context``, ``question`` and
+            ``answer`` strings.
+        ablation_budget: tokens kept by the ablated layer (:mod:`depthkv.profile.budget`): a float in
+            (0, 1] is a fraction of each example's context, an int a token count; a list measures
+            sensitivity curves (for the ``greedy`` strategy); the first entry is the primary budget.
+        metric: ``"nll"`` (default), ``"kl"`` or ``"score"`` (:mod:`depthkv.calibration.metrics`).
+        policy: eviction policy (default SnapKV).
+        compress: ``"context"`` or ``"prompt"`` (:mod:`depthkv.calibration.engine`).
+        checkpoint: a JSON path; the partial profile is written there after every example, and a run
+            with the same path, settings and workload resumes where it stopped.
+        n_permutations: permutation-test size; ``seed`` its seed.
+        reuse: replay the layers below the ablated one (equal results up to float rounding; False
+            for the benchmark). Recorded in the settings: a checkpoint resumes with the same value.
+        scorer: ``scorer(example, prediction) -> float`` for ``metric="score"`` (default:
+            :func:`depthkv.workload.score`).
+        extra_tokens: extra tokens generated beyond the answer length for ``metric="score"``.
+
+    Returns:
+        A complete :class:`Profile` with the degradation matrix and statistics.
+    """
+    check_metric(metric)
+    check_compress(compress)
+    budgets = _check_budgets(ablation_budget if isinstance(ablation_budget, (list, tuple)) else [ablation_budget])
+    pol = as_policy(policy)
+    items, description = workload_items(workload)
+    fp = fingerprint(model)
+    settings = _settings(metric, compress, budgets, reuse, extra_tokens)
+    partial = _resume(checkpoint, model, settings, pol, description) if checkpoint else None
+    rows: list[np.ndarray] = list(np.moveaxis(partial.degradation, 1, 0)) if partial else []
+    lengths = list(partial.context_lengths) if partial else []
+    baseline = list(partial.baseline) if partial else []
+
+    def snapshot(complete: bool) -> Profile:
+        deg = np.stack(rows, axis=1) if rows else np.zeros((len(budgets), 0, fp.num_layers))
+        return Profile(
+            fingerprint=fp,
+            metric=metric,
+            ablation_budgets=budgets,
+            degradation=deg,
+            context_lengths=lengths,
+            baseline=baseline,
+            policy=pol,
+            workload=description,
+            complete=complete,
+            settings=settings,
+        )
+
+    engine = Engine(model, tokenizer, pol, compress, reuse)
+    todo = items[len(rows) :]
+    bar = tqdm(total=len(todo) * fp.num_layers * len(budgets), desc="calibrate", unit="ablation", disable=not progress)
+    try:
+        with depthkv_attention_enabled(model), torch.inference_mode():
+            for item in todo:
+                run = engine.run(item, record_layers=metric != "score")
+                measure = Degradation(run, metric, scorer, extra_tokens)
+                row = np.zeros((len(budgets), fp.num_layers))
+                for k, budget in enumerate(budgets):
+                    tokens = ablation_tokens(budget, run.context_tokens, pol.floor)
+                    for layer in range(fp.num_layers):
+                        one = [None] * fp.num_layers
+                        one[layer] = tokens
+                        row[k, layer] = measure.of(one)
+                        bar.update(1)
+                rows.append(row)
+                lengths.append(run.context_tokens)
+                baseline.append(measure.baseline)
+                if checkpoint:
+                    snapshot(False).save(checkpoint)
+    finally:
+        bar.close()
+    profile = snapshot(True)
+    profile.stats = compute_stats(profile, n_permutations=n_permutations, seed=seed)
+    if checkpoint:
+        profile.save(checkpoint)
+    return profile
+
+
+def compute_stats(profile: Profile, n_permutations: int = 10_000, seed: int = 0) -> dict[str, Any] | None:
+    """Permutation test, Friedman test and bootstrap CIs for each ablation budget (None if < 2 examples)."""
+    if profile.n_examples < 2 or profile.n_layers < 2:
+        return None
+    per_budget = [
+        layer_stats(profile.matrix(k), n_permutations=n_permutations, seed=seed).to_dict()
+        for k in range(len(profile.ablation_budgets))
+    ]
+    return {"by_budget": per_budget}

@@ -1,0 +1,10 @@
+"""The torch.compile backend: :func:`backend` (the FX pass, then Inductor) and :func:`compile`.
+
+The pass itself is :mod:`depthkv.passes`; the custom ops it emits are
+:mod:`depthkv.kernels.custom_ops`; the fixed buffers the compiled graphs update are
+:class:`~depthkv.StaticBudgetCache`.
+"""
+
+from depthkv.compiler.backend import DepthKVBackend, backend, compile
+
+__all__ = ["DepthKVBackend", "backend", "compile"]

@@ -1,0 +1,223 @@
+"""Report files: plots (PNG) and a short markdown summary of a calibration + evaluation run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from depthkv.files import atomic_file, atomic_write_json, atomic_write_text
+from depthkv.profile import Plan, Profile
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically (:func:`depthkv.files.atomic_file`) and close it."""
+    plt = _pyplot()
+    try:
+        with atomic_file(path, binary=True) as fh:
+            fig.savefig(fh, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _layer_ci(profile: Profile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean = profile.sensitivity()
+    if profile.stats:
+        ci = profile.stats["by_budget"][0]["ci"]
+        return mean, np.asarray(ci["low"]), np.asarray(ci["high"])
+    return mean, mean, mean
+
+
+def plot_sensitivity(profile: Profile, path: Path) -> Path:
+    """Per-layer mean degradation with bootstrap CIs (primary ablation budget)."""
+    plt = _pyplot()
+    mean, low, high = _layer_ci(profile)
+    layers = np.arange(profile.n_layers)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.bar(layers, mean, color="#3b6ea8", yerr=[mean - low, high - mean], capsize=3)
+    ax.axhline(0, color="black", lw=0.6)
+    budget = profile.ablation_budgets[0]
+    ax.set_title(f"Layer sensitivity ({profile.metric} increase, layer pruned to {budget})")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"mean {profile.metric} degradation")
+    ax.set_xticks(layers)
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def plot_budgets(plans: dict[str, Plan], path: Path) -> Path:
+    """Per-layer budgets of several plans (e.g. DepthKV vs uniform vs PyramidKV) at one global budget."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    names = list(plans)
+    n_layers = plans[names[0]].n_layers
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        x = np.arange(n_layers) + (i - (len(names) - 1) / 2) * width
+        ax.bar(x, plans[name].budgets, width=width, label=name)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("KV tokens kept")
+    ax.set_xticks(np.arange(n_layers))
+    ctx = plans[names[0]].context_length
+    ax.set_title(f"Per-layer budgets (same total{', at ' + str(ctx) + '-token context' if ctx else ''})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
+_NAME = re.compile(r"^(?P<method>.+)@(?P<budget>[0-9.]+)$")
+
+
+def accuracy_table(summaries: dict[str, dict[str, Any]]) -> dict[str, dict[float, dict[str, float]]]:
+    """method → budget → {mean, low, high} from evaluation summaries named ``method@budget``."""
+    table: dict[str, dict[float, dict[str, float]]] = {}
+    for name, s in summaries.items():
+        m = _NAME.match(name)
+        if not m:
+            continue
+        table.setdefault(m["method"], {})[float(m["budget"])] = {k: s[k] for k in ("mean", "low", "high")}
+    return table
+
+
+def plot_accuracy(summaries: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Accuracy vs global budget per method, with bootstrap CIs; full cache as a horizontal line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for method, points in sorted(accuracy_table(summaries).items()):
+        xs = sorted(points)
+        ys = np.array([points[x]["mean"] for x in xs])
+        lo = np.array([points[x]["low"] for x in xs])
+        hi = np.array([points[x]["high"] for x in xs])
+        style = "-o" if method.startswith("depthkv") else "--s"
+        ax.plot(xs, ys, style, label=method, ms=4)
+        ax.fill_between(xs, lo, hi, alpha=0.12)
+    if "full" in summaries:
+        ax.axhline(summaries["full"]["mean"], color="black", lw=1, ls=":", label="full cache")
+    ax.set_xlabel("global KV budget (fraction of context)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    ax.set_title("Accuracy vs KV budget")
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def summary_rows(summaries: dict[str, dict[str, Any]], budgets: list[float]) -> list[list[str]]:
+    """Rows ``[method, acc@b1 (CI), acc@b2 (CI), ...]`` for the summary table."""
+    table = accuracy_table(summaries)
+    rows = []
+    if "full" in summaries:
+        f = summaries["full"]
+        rows.append(["full cache"] + [f"{f['mean']:.3f}"] * len(budgets))
+    for method in sorted(table):
+        cells = []
+        for b in budgets:
+            p = table[method].get(float(b))
+            cells.append("—" if p is None else f"{p['mean']:.3f} [{p['low']:.2f}, {p['high']:.2f}]")
+        rows.append([method] + cells)
+    return rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(
+    out: Path,
+    profile: Profile,
+    plans: dict[str, Plan],
+    summaries: dict[str, dict[str, Any]],
+    budgets: list[float],
+    info: dict[str, Any],
+    all_plans: dict[str, Plan] | None = None,
+) -> dict[str, Path]:
+    """Write profile.json, plans, results.json, three PNG plots and report.md into ``out``.
+
+    ``plans``: method name → plan at the primary budget (``plan-<name>.json`` each, and the budgets
+    plot). ``all_plans``: ``"<method>@<budget>"`` → plan for every evaluated budget; their per-layer
+    budgets go into results.json (``"plans"``) and report.md, so that every accuracy cell can be
+    traced to the allocation that produced it.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    every = all_plans or {}
+    results = {"info": info, "methods": summaries, "plans": {name: plan.budgets for name, plan in every.items()}}
+    files = {
+        "profile": profile.save(out / "profile.json"),
+        "results": atomic_write_json(out / "results.json", results),
+        "sensitivity_png": plot_sensitivity(profile, out / "sensitivity.png"),
+        "budgets_png": plot_budgets(plans, out / "budgets.png"),
+        "accuracy_png": plot_accuracy(summaries, out / "accuracy_vs_budget.png"),
+    }
+    for name, plan in plans.items():
+        files[f"plan_{name}"] = plan.save(out / f"plan-{name}.json")
+    files["report"] = atomic_write_text(
+        out / "report.md", render_markdown(profile, plans, summaries, budgets, info, every)
+    )
+    return files
+
+
+def _budget_rows(plans: dict[str, Plan]) -> list[list[str]]:
+    """One table row per plan: its name, per-layer budgets and total."""
+    return [[name, " ".join(str(b) for b in plan.budgets), str(plan.total)] for name, plan in plans.items()]
+
+
+def render_markdown(
+    profile: Profile,
+    plans: dict[str, Plan],
+    summaries: dict[str, dict[str, Any]],
+    budgets: list[float],
+    info: dict[str, Any],
+    all_plans: dict[str, Plan] | None = None,
+) -> str:
+    perm = profile.stats["by_budget"][0]["permutation"] if profile.stats else None
+    fried = profile.stats["by_budget"][0]["friedman"] if profile.stats else None
+    mean, low, high = _layer_ci(profile)
+    sens_rows = [[str(i), f"{m:.4f}", f"[{lo:.4f}, {hi:.4f}]"] for i, (m, lo, hi) in enumerate(zip(mean, low, high))]
+    lines = [
+        f"# depthkv report — {info.get('model', '?')}",
+        "",
+        f"Run: {info.get('created', '')}, {info.get('machine', '')}, wall time {info.get('wall_s', 0):.0f} s.",
+        f"Calibration: {profile.n_examples} examples ({profile.workload.get('split', '?')} split), metric "
+        f"`{profile.metric}`, ablation budget(s) {profile.ablation_budgets}, policy `{profile.policy.name}`.",
+        f"Evaluation: {info.get('n_eval', '?')} examples (evaluation split), context {info.get('context_length')} tokens.",
+        "",
+        "## Are the layers different?",
+        "",
+    ]
+    if perm:
+        verdict = "yes" if perm["pvalue"] < 0.05 else "not shown at p < 0.05"
+        lines += [
+            f"Permutation test of equal layer importance: p = {perm['pvalue']:.4g} "
+            f"({perm['n_permutations']} permutations); Friedman test: p = {fried['pvalue']:.4g}. "
+            f"Layers differ: **{verdict}**.",
+            "",
+        ]
+    lines += [markdown_table(["layer", "mean degradation", "95% CI"], sens_rows), "", "![sensitivity](sensitivity.png)", ""]
+    lines += ["## Per-layer budgets", "", markdown_table(["plan", "budgets", "total"], _budget_rows(plans)), ""]
+    lines += ["![budgets](budgets.png)", ""]
+    if all_plans and len(budgets) > 1:
+        lines += [
+            "Per-layer budgets at every evaluated global budget (tokens at the evaluation context length):",
+            "",
+            markdown_table(["plan", "budgets", "total"], _budget_rows(all_plans)),
+            "",
+        ]
+    lines += ["## Accuracy vs global budget", ""]
+    header = ["method"] + [f"{b:g} of context" for b in budgets]
+    lines += [markdown_table(header, summary_rows(summaries, budgets)), ""]
+    lines += ["Cells: mean accuracy [95% bootstrap CI over examples].", "", "![accuracy](accuracy_vs_budget.png)", ""]
+    return "\n".join(lines) + "\n"

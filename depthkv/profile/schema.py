@@ -1,0 +1,49 @@
+"""What every depthkv artefact file (profile, plan) carries: kind, schema version, provenance."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+from depthkv.files import CorruptFileError
+
+SCHEMA_VERSION = 1
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def depthkv_version() -> str:
+    """The installed depthkv version (``0+unknown`` in a source tree that is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("depthkv")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def header(kind: str) -> dict[str, Any]:
+    """The first fields of a file of ``kind``."""
+    return {"kind": kind, "schema_version": SCHEMA_VERSION}
+
+
+def check_header(data: dict[str, Any], kind: str, source: str) -> None:
+    """Raise :class:`CorruptFileError` unless ``data`` is a ``kind`` file of this schema version."""
+    if data.get("kind") != kind:
+        raise CorruptFileError(f"{source} is not a {kind} file (its 'kind' is {data.get('kind')!r})")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise CorruptFileError(
+            f"{source} has schema version {version!r}; this depthkv reads version {SCHEMA_VERSION}. "
+            "Re-create it with this version of depthkv."
+        )
+
+
+def require(data: dict[str, Any], keys: list[str], kind: str, source: str) -> None:
+    """Raise :class:`CorruptFileError` naming the ``keys`` missing from ``data``."""
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise CorruptFileError(f"{kind} {source} is missing required fields {missing}")

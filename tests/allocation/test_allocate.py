@@ -1,0 +1,81 @@
+"""allocate(profile, budget) -> Plan: budgets, bounds, relative plans, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import depthkv
+from depthkv import STRATEGIES
+from tests.helpers import make_profile, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama", layers=3)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("budget", [0.1, 0.2, 0.5, 16, 40])
+def test_every_strategy_sums_exactly(model, strategy, budget):
+    profile = make_profile(model)
+    plan = depthkv.allocate(profile, budget, strategy)
+    per_layer = budget * 100 if isinstance(budget, float) else budget
+    assert plan.total == round(per_layer * 3)
+    assert min(plan.budgets) >= plan.floor >= 8
+    assert max(plan.budgets) <= 100
+    assert plan.relative == isinstance(budget, float)
+
+
+def test_sensitive_layers_get_more(model):
+    profile = make_profile(model)
+    profile.degradation[:] = 0
+    profile.degradation[0, :, 1] = 1.0
+    plan = depthkv.allocate(profile, 0.3, "proportional")
+    assert plan.budgets[1] == max(plan.budgets)
+    assert plan.budgets[0] == plan.budgets[2] == plan.floor
+
+
+def test_relative_plan_rescales_to_context(model):
+    plan = depthkv.allocate(make_profile(model), 0.2, "rank")
+    assert plan.budgets_for(100) == plan.budgets
+    bigger = plan.budgets_for(1000)
+    assert sum(bigger) == 600
+    assert np.argsort(bigger).tolist() == np.argsort(plan.budgets).tolist()
+    assert min(plan.budgets_for(10)) == plan.floor
+
+
+def test_errors_are_helpful(model):
+    profile = make_profile(model)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        depthkv.allocate(profile, 0.2, "magic")
+    with pytest.raises(ValueError, match="below the floor"):
+        depthkv.allocate(profile, 4)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        depthkv.allocate(profile, 1.5)
+    single = make_profile(model)
+    single.ablation_budgets = [0.2]
+    single.degradation = single.degradation[:1]
+    with pytest.raises(ValueError, match="several ablation budgets"):
+        depthkv.allocate(single, 0.2, "greedy")
+
+
+def test_uniform_plan_without_profile(model):
+    plan = depthkv.uniform_plan(model, 24, policy="streaming")
+    assert plan.budgets == [24, 24, 24] and plan.floor == 12
+
+
+def test_global_total_is_rounded_not_truncated(model):
+    """0.29 of a 100-token context is 28.999... tokens per layer in floating point: the global total
+    over 3 layers is round(86.999...) = 87, not 86."""
+    plan = depthkv.allocate(make_profile(model), 0.29, "uniform")
+    assert plan.total == 87
+    assert plan.metadata["total"] == 87
+
+
+def test_relative_plan_rescaled_total_is_rounded(model):
+    """A relative plan's total scales with the context and is rounded: 87 * 133 / 100 = 115.71 -> 116."""
+    plan = depthkv.allocate(make_profile(model), 0.29, "proportional")
+    assert plan.total == 87 and plan.context_length == 100
+    assert sum(plan.budgets_for(133)) == 116
+    assert sum(plan.budgets_for(150)) == 130  # 130.5 rounds half to even, as Python's round does
