@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One lent-GPU session in one call (see docs/models.md and docs/kernels.md):
+# One lent-GPU session in one call (see docs/models.md and docs/kernels.md), run from the repository
+# root (it cd's there; the training code is the top-level training/ folder, run as python -m training.train):
 #   1. the embedded models trained on CUDA, several settings side by side (one process each),
 #      while the Triton kernel tests run on the GPU (correctness only, so sharing is harmless);
 #   2. then benchmarks/gpu.py alone on the GPU (its timings are the ones we report).
@@ -23,7 +24,7 @@ W=${WORK:-/tmp/depthkv-gpu-session}
 DRY=${DRY:-0}
 TRAIN_ONLY=${TRAIN_ONLY:-0}
 WORKERS=${WORKERS:-0}
-PROBE_EVERY=${PROBE_EVERY:-200}  # key-matching probe in the training log (depthkv/models/probes.py)
+PROBE_EVERY=${PROBE_EVERY:-200}  # key-matching probe in the training log (training/probes.py)
 rm -rf "$W" && mkdir -p "$OUT" "$W/models" "$W/logs" "$W/bench"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 DEVICE=cuda BENCH_ARGS="" KERNEL_TESTS_INTERPRET=0 PYTEST_K=""
@@ -42,7 +43,7 @@ tail -n 2 "$W/logs/machine.txt"
 # Four at most: on 2026-11-28 six processes with 16x batches ran the 141 GiB card out of memory
 # (benchmarks/results/gpu-session-2026-11-28/). v4 (progressive depth) formed key matching for
 # both models on the CPU; tiny-qwen2 left the copy plateau only with seed 4 (seeds 0-3 stalled),
-# so the GPU tries it with three seeds at once, seed 4 among them (docs/models.md). Larger
+# so the GPU tries it with three seeds at once, seed 4 among them (training/LOG.md). Larger
 # batches change the data each seed sees, so seed 4's escape on the CPU does not carry over.
 VARIANTS=(
   "llama-v4-b4 tiny-llama v4 4 1e-3 0"
@@ -59,7 +60,7 @@ for v in "${VARIANTS[@]}"; do
   [ "$DRY" = 1 ] && scale=1  # a CPU cannot probe 16x batches quickly
   data=()
   [ "$WORKERS" -gt 0 ] && data=(--data-stream per_step --workers "$WORKERS")
-  timeout "$LIMIT" $PY -m depthkv.models.train --name "$model" --recipe "$recipe" --batch-scale "$scale" \
+  timeout "$LIMIT" $PY -m training.train --name "$model" --recipe "$recipe" --batch-scale "$scale" \
     --lr "$lr" --seed "$seed" --minutes "$MINUTES" --device "$DEVICE" --no-eval --out "$W/models/$name" \
     --work-dir "$W/work/$name" --probe-every "$PROBE_EVERY" "${data[@]}" >"$W/logs/train-$name.log" 2>&1 &
   pids+=($!)
@@ -68,7 +69,7 @@ stamp "training ${#VARIANTS[@]} variants for $MINUTES min each (backstop ${LIMIT
 
 if [ "$TRAIN_ONLY" != 1 ]; then
   TRITON_INTERPRET=$KERNEL_TESTS_INTERPRET timeout 300 $PY -m pytest -q -p no:cacheprovider \
-    ${PYTEST_K:+-k "$PYTEST_K"} tests/test_kernels_triton.py tests/test_attend_evict_kernels.py \
+    ${PYTEST_K:+-k "$PYTEST_K"} tests/kernels/test_triton.py tests/kernels/test_attend_evict.py \
     >"$W/logs/pytest-kernels-gpu.log" 2>&1
   stamp "kernel tests rc=$?: $(tail -n 1 "$W/logs/pytest-kernels-gpu.log")"
 fi

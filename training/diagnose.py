@@ -6,9 +6,11 @@ by recall, which does not say *how* an answer fails. This runs each task at seve
 (the built-in workload always uses 4) and reports, per count, the recall and, for each position
 ``j`` of the answer, how often the prediction's ``j``-th item is the answer's ``j``-th item. A model
 that answers a 4-key question as if it had 3 keys shows it at once: its last position is right and
-the first three are wrong (docs/models.md).
+the first three are wrong (training/LOG.md has what it showed while the recipes v5-v7 were made).
 
-    python -m depthkv.models.diagnose --model tiny-qwen2 --length 512 --n 24
+Run from the repository root (``--model`` takes a shipped model name or a checkpoint folder)::
+
+    python -m training.diagnose --model tiny-qwen2 --length 512 --n 24
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from depthkv.models import load_model
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.diagnose", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-qwen2", help="shipped model name or checkpoint directory")
     parser.add_argument("--length", type=int, default=512, help="context length in characters")
     parser.add_argument("--n", type=int, default=24, help="examples per task and item count")

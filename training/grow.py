@@ -1,7 +1,7 @@
 """Progressive depth for the tiny models: train a shallow model first, then add layers.
 
 A content-matching ("induction") circuit forms in far fewer steps in a 2-layer model than in a
-6-layer one, and each step is cheaper (docs/models.md). ``grow_model`` turns a trained shallow model
+6-layer one, and each step is cheaper (training/LOG.md). ``grow_model`` turns a trained shallow model
 into the preset's full depth without changing what it computes: the trained layers stay at the
 bottom, the new layers go on top with their output projections (attention ``o_proj`` and MLP
 ``down_proj``) set to zero, so each new layer starts as the identity on the residual stream and

@@ -1,7 +1,7 @@
 """A direct test of key matching, logged while the tiny models train.
 
 The training exact match mixes two skills: copying *some* value out of the context (learned early)
-and finding the value of the *asked* key (the plateau; docs/models.md). ``key_matching`` measures
+and finding the value of the *asked* key (the plateau; training/LOG.md). ``key_matching`` measures
 the second alone: record lists of ``k`` records (``abcd:1234`` lines) and one question
 ``"\\n?key:"``; is the greedy next token the first digit of the asked key's value? Copying some
 record scores about ``1/k + (1 - 1/k)/9`` (first digits coincide), matching scores 1.

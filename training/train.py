@@ -1,13 +1,20 @@
-"""Train (and evaluate, and write the model card of) one of the embedded tiny models.
+"""Train (and evaluate, and write the model card of) one of depthkv's embedded tiny models.
+
+This is the repository's training code, not part of the installed package: run it from the root of
+a clone of the repository (``training`` is a top-level folder there). The trained model goes to
+``depthkv/models/<name>/`` unless ``--out DIR`` says otherwise.
 
 Reproduce a shipped model exactly (same recipe, steps, data stream and curriculum; the command is
-in its ``training.json`` under ``reproduce`` and in its model card; a test replays its first steps)::
+in its model card and, under the module path it was run as, in its ``training.json`` under
+``reproduce``; a test replays its first steps). tiny-llama's first run, which the same command
+with ``--resume --extend-to 6810`` then continued::
 
-    python -m depthkv.models.train --name tiny-llama --recipe v2 --steps N --stage-steps A B C D
+    python -m training.train --name tiny-llama --recipe v4 --seed 0 --lr 0.001 --threads 1 \\
+        --steps 5810 --stage-steps 1600 800 600 500 560 --data-stream per_step --start-layers 2 --grow-stage 2
 
 or give a wall-clock budget, turned into step caps per stage by timing a few steps of each stage::
 
-    python -m depthkv.models.train --name tiny-llama --minutes 55
+    python -m training.train --name tiny-llama --recipe v4 --minutes 55
 
 A finished (or cut) run continues to a larger total with ``--resume --extend-to N`` (same
 arguments otherwise); the learning rate follows the schedule of the new total, and ``training.json``
@@ -16,7 +23,7 @@ records each extension with the command that replays it (``reproduce_extensions`
 ``--eval-only`` then measures the full-cache accuracy table and writes ``evaluation.json`` and the
 model card ``README.md`` into the model folder (``--card-only`` rewrites the card from it).
 
-The recipe (FIELD-NOTES "Training tiny models here"): dense supervision in the multi-query form.
+The recipe: dense supervision in the multi-query form.
 Each training row is ``<s>`` + a context in the exact text format of ``depthkv.workload``
 (``key:value`` records among filler lines, or a record list) followed by questions about (nearly)
 every key of the context, each in the prompt form the tasks use (``"\\n?key:"`` or
@@ -31,20 +38,21 @@ splits) plus "dense" (a few records, no filler) and "many" (several keys,
 some with several values, in filler) generators. The curriculum (``STAGES``) starts with 20-64
 character record lists and ends at 1,024 characters; a stage ends when the teacher-forced answer
 exact match passes ``advance_at`` or at its step cap. AdamW with warmup-stable-decay, gradient
-clipping, fp32, one CPU thread (two threads were slower on the shared 2-core machine), or
-``--device cuda`` with ``--batch-scale`` on a GPU. What was tried and measured while choosing this
-recipe is in ``docs/models.md``.
+clipping, fp32, on the CPU (``--threads``; the shipped tiny-llama trained on one thread,
+tiny-qwen2 on two) or ``--device cuda`` with ``--batch-scale`` on a GPU. What was tried and
+measured while choosing this recipe is in ``training/LOG.md``.
 
 Recipe ``v3`` (``--recipe v3``) puts a stage of content-copy practice (``copy_row``) before that
 curriculum: the v2 first stage never formed the content matching that key lookup needs, copy
-practice did in a 2-layer model (docs/models.md). Recipe ``v4`` trains v3 with progressive depth
-(``depthkv.models.grow``): 2 layers and 4x batches through copy practice and the first
+practice did in a 2-layer model. Recipe ``v4`` trains v3 with progressive depth
+(``training.grow``): 2 layers and 4x batches through copy practice and the first
 key-matching stage, where the circuit forms in about a thousand steps on the CPU, then the preset's
 full depth (new layers start as the identity) for the longer contexts. Recipe ``v5`` is v4 with
 more multi-item practice from the 256-character stage on: a task row asks its task's own question
 first (all four keys of ``niah_multiquery`` in one question, the evaluation form), keys are grouped
 into multi-key questions half the time, and multi-value and multi-query rows are 18% of rows each.
-``python -m depthkv.models.diagnose`` shows why (a model answering 4-key questions as if they had 3).
+``python -m training.diagnose`` shows why (a model answering 4-key questions as if they had 3).
+Recipes ``v6`` and ``v7`` (the shipped tiny-qwen2) are described where ``RECIPES`` defines them.
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ from typing import Any
 
 import torch
 
-from depthkv.files import atomic_write_text
+from depthkv.files import atomic_file, atomic_write_text
 from depthkv.workload import DEFAULT_TASKS, TASKS, ByteTokenizer, builtin_workload, score
 from depthkv.workload.example import Example
 from depthkv.workload.generators import GENERATORS
@@ -77,6 +85,14 @@ from training.grow import carry_adam_state, grow_model
 from training.probes import key_matching
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "depthkv" / "models"  # the shipped model folders
+# How this script runs: ``python -m training.train`` from the repository root. The shipped models'
+# records name the module path it had when they were trained (it lived in the package then).
+MODULE = "training.train"
+_FORMER_MODULES = ("depthkv.models.train",)
+# The evaluation's defaults (``--eval-n``, ``--eval-lengths``, ``--learned-threshold``).
+EVAL_N = 24
+EVAL_LENGTHS = (256, 512, 1024)
+LEARNED_THRESHOLD = 0.8
 VOCAB_SIZE = 320  # ByteTokenizer's 259 ids, padded to a multiple of 64
 IGNORE = -100
 _RECORD = re.compile(r"^([a-z]+):(\d+)$", re.MULTILINE)
@@ -103,7 +119,7 @@ KINDS: dict[str, float] = {
 # the given kinds, and "dense"/"many" rows with up to ``max_keys`` keys. It starts with short
 # record lists (2-4 ``key:value`` lines, no filler): a copy (induction) head forms in a few hundred
 # steps, key matching after it; a 6-layer model trained on the full mix at 128 characters stayed at
-# chance for 1,000 steps. Then filler, more keys, and length. A stage may also set ``task_question`` (task
+# chance for 1,000 steps (training/LOG.md). Then filler, more keys, and length. A stage may also set ``task_question`` (task
 # rows ask their task's own question first) and ``multi_key_prob`` (overrides the config's): v5;
 # ``max_group`` (the most keys in one question, default 4): v6; ``key_spaces`` (the most spaces
 # between two keys of a re-asked question, default 1): v7.
@@ -130,7 +146,7 @@ STAGES: tuple[dict[str, Any], ...] = (
 )
 
 # v3's first stage: content-copy practice only (``copy_row``), where a 2-layer model formed content
-# matching on the CPU and the v2 first stage never did (docs/models.md); it moves on once whole
+# matching on the CPU and the v2 first stage never did (training/LOG.md); it moves on once whole
 # copied pieces are right (``advance_at``). Copy rows stay in the next stage.
 COPY_STAGE: dict[str, Any] = {
     "context": 64,
@@ -141,7 +157,7 @@ COPY_STAGE: dict[str, Any] = {
 }
 
 # Named recipes, so that every shipped model stays reproducible when the default changes: each is
-# its overrides of ``TrainConfig``'s defaults. v2 (after the experiments in docs/models.md) *is* the
+# its overrides of ``TrainConfig``'s defaults. v2 (after the experiments in training/LOG.md) *is* the
 # defaults. v1: the first shipped models (up to 4 records in the first stage, loss on answers only,
 # transformers' init). v3 (for a GPU session; not yet used by a shipped model): a copy-practice
 # stage first, then v2's curriculum with copy rows kept in its first stage, at the rate and init
@@ -167,7 +183,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 # v4: v3's data and rate, with 4x batches and only 2 layers through copy practice and the first
 # key-matching stage (where such a model formed key matching on the CPU in ~1,300 steps), then grown
-# to the preset's depth (depthkv.models.grow) for the longer contexts, at v3's batch sizes.
+# to the preset's depth (training.grow) for the longer contexts, at v3's batch sizes.
 RECIPES["v4"] = {
     **RECIPES["v3"],
     "stages": tuple(
@@ -179,7 +195,7 @@ RECIPES["v4"] = {
     "shallow_bias": False,
 }
 # v5: v4, whose tiny-qwen2 found values but lost its place in multi-item answers (a 4-key question
-# answered as if it had 3 keys: docs/models.md), with more multi-item practice from the 256-token
+# answered as if it had 3 keys: training/LOG.md), with more multi-item practice from the 256-token
 # stage on: task rows ask their own question first (v4 re-asked a niah_multiquery row's keys mostly
 # one by one, so 4-key questions were rare outside dense lists), keys are grouped into multi-key
 # questions half the time (v4: 0.3), and multi-value and multi-query rows are 18% of rows each
@@ -205,7 +221,7 @@ RECIPES["v5"] = {
 # v6: v4 through the two 64-character stages (the copy practice and the 2-layer key matching, where
 # tiny-qwen2's seed 4 formed content copying), then multi-item practice from the stage where the
 # model grows, at 128 characters, where a step costs half of one at 1,024: v5 started it at 256 and
-# its tiny-qwen2 moved its error from one answer position to another (docs/models.md). Every stage
+# its tiny-qwen2 moved its error from one answer position to another (training/LOG.md). Every stage
 # from the growth on asks task questions first, groups keys half the time, in questions of 2-5 keys
 # (v4, v5: 2-4, so a fixed offset per question size could pass for keeping one's place), and has
 # 10-16% multi-value and multi-query rows, with kv_retrieval kept at v4's share.
@@ -240,7 +256,7 @@ RECIPES["v6"] = {
 # v7: v6, with the keys of re-asked multi-key questions 1-3 spaces apart (a task row's own question
 # keeps the prompt's single spaces). v5 and v6 tiny-qwen2 found the j-th key of a question by its
 # distance, and kept it right only for some question sizes and positions (a 4-key question's first
-# value wrong, the rest right: docs/models.md); with uneven gaps no distance names the j-th key, and
+# value wrong, the rest right: training/LOG.md); with uneven gaps no distance names the j-th key, and
 # the answer has to follow the question's content instead.
 RECIPES["v7"] = {
     **RECIPES["v6"],
@@ -275,10 +291,10 @@ class TrainConfig:
     # for any number of workers).
     data_stream: str = "sequential"
     workers: int = 0  # processes making batches ahead (needs data_stream="per_step"; for GPUs)
-    # Every this many steps, log the key-matching probe (depthkv.models.probes; 0: never). It
+    # Every this many steps, log the key-matching probe (training.probes; 0: never). It
     # uses its own prompts and random generator: the training run is the same with or without it.
     probe_every: int = 0
-    # Progressive depth (depthkv.models.grow): train with ``start_layers`` layers until curriculum
+    # Progressive depth (training.grow): train with ``start_layers`` layers until curriculum
     # stage ``grow_stage`` starts, then add zero-output layers up to the preset's depth (0: the
     # preset's depth from the start).
     start_layers: int = 0
@@ -697,10 +713,10 @@ def default_stage_steps(cfg: TrainConfig, total: int) -> list[int]:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write ``state`` to ``path`` atomically (``depthkv.files.atomic_file``): a run killed while
+    saving keeps its previous checkpoint, and leaves no partial file behind."""
+    with atomic_file(path, binary=True) as fh:
+        torch.save(state, fh)
 
 
 # Settings a resumed run must share with the run that wrote the checkpoint (the step budget,
@@ -944,7 +960,7 @@ def train(
     import transformers
 
     base = (
-        f"python -m depthkv.models.train --name {cfg.name} --recipe {cfg.recipe} --seed {cfg.seed} --lr {cfg.lr} "
+        f"python -m {MODULE} --name {cfg.name} --recipe {cfg.recipe} --seed {cfg.seed} --lr {cfg.lr} "
         f"--threads {cfg.threads} --steps {extensions[0]['from_total'] if extensions else total} "
         f"--stage-steps {' '.join(map(str, stage_steps))}"
         + (f" --device {cfg.device}" if cfg.device != "cpu" else "")
@@ -1001,7 +1017,7 @@ def train(
             "batches_remade": ahead.remade if ahead is not None else 0,
             **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         },
-        "command": " ".join(["python", "-m", "depthkv.models.train", *sys.argv[1:]]),
+        "command": " ".join(["python", "-m", MODULE, *sys.argv[1:]]),
         # One command per part: the first run, then each extension continuing the checkpoint the
         # part before left; a part that stopped before its planned total carries its --stop-at.
         "reproduce": base + _stop_at(stops[0]),
@@ -1043,8 +1059,10 @@ def greedy_continuation(model, tokenizer, prompt: str, max_new_tokens: int) -> s
     return tokenizer.decode(tokens[0].tolist())
 
 
-def evaluate(model, tokenizer, tasks, lengths, n: int, seed: int = 0, log=print) -> dict:
-    """Full-cache greedy accuracy per task and context length on the evaluation split."""
+def card_accuracy(model, tokenizer, tasks, lengths, n: int, seed: int = 0, log=print) -> dict:
+    """The model card's accuracy table: full-cache greedy accuracy per task and context length on
+    the evaluation split, ``{"task@length": {"task", "context_length", "n", "accuracy", "scores"}}``
+    (a task too long for a length is left out, with a message to ``log``)."""
     cells = {}
     for length in lengths:
         for task in tasks:
@@ -1072,7 +1090,7 @@ def evaluate(model, tokenizer, tasks, lengths, n: int, seed: int = 0, log=print)
     return cells
 
 
-def learned_tasks(cells: dict, length: int, threshold: float = 0.8) -> list[str]:
+def learned_tasks(cells: dict, length: int, threshold: float = LEARNED_THRESHOLD) -> list[str]:
     """Tasks whose full-cache accuracy at ``length`` reaches ``threshold``."""
     return [c["task"] for c in cells.values() if c["context_length"] == length and c["accuracy"] >= threshold]
 
@@ -1089,6 +1107,7 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file() and p.name != "README.md"
     }
     head = config["hidden_size"] // config["num_attention_heads"]
+    recorded = [training["reproduce"], *training.get("reproduce_extensions", [])]
     lines = [
         f"# {training['name']}",
         "",
@@ -1123,13 +1142,15 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         "",
         "## Training",
         "",
-        "Script: `depthkv/models/train.py`; full record (the command as it was run, config, losses every 10"
-        " steps, curriculum transitions) in `training.json`. Exact replay (it writes to"
+        "Trained with `training/train.py` of the depthkv source repository (the training code is in the"
+        " repository's `training/` folder, not in the installed package). Full record (the command as it was"
+        " run, config, losses every 10 steps, curriculum transitions) in `training.json`"
+        + _former_module_note(recorded)
+        + ". Exact replay, from the root of a clone of the repository (it writes to"
         f" `depthkv/models/{training['name']}` and its checkpoints to `/tmp/depthkv-train/{training['name']}`;"
         " add `--out DIR` to keep the shipped files):",
         "",
-        "    " + training["reproduce"],
-        *["    " + command for command in training.get("reproduce_extensions", [])],
+        *["    " + runnable_command(command) for command in recorded],
         "",
         "- Data: generated on the fly in the exact text format of `depthkv.workload` (no download): contexts from",
         "  the task generators `niah_single`, `niah_multikey`, `niah_multivalue`, `niah_multiquery`,",
@@ -1174,7 +1195,11 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
         "Greedy decoding with the full KV cache of `<s>` + prompt, `len(answer) + 2` new tokens, scored by",
         "`depthkv.workload.score` (exact match; recall of items for multi-item tasks), on",
         f'`builtin_workload([task], n_per_task={evaluation["n"]}, context_length=L, split="evaluation", seed={evaluation["seed"]})`.',
-        f"n = {evaluation['n']} examples per cell. Per-example scores are in `evaluation.json`.",
+        f"n = {evaluation['n']} examples per cell. Per-example scores are in `evaluation.json`. Measured"
+        " (from the repository root; it rewrites `evaluation.json` and this card in the model folder, or with"
+        " `--out DIR` in a copy of it) by:",
+        "",
+        "    " + eval_command(evaluation),
         "",
         "| task | " + " | ".join(f"L={length}" for length in lengths) + " |",
         "|---|" + "---:|" * len(lengths),
@@ -1217,8 +1242,46 @@ def write_card(out_dir: Path, evaluation: dict) -> None:
 def _transition(t: dict) -> str:
     """One curriculum transition (a stage change or a growth in depth) as the card says it."""
     if "grew_to_layers" in t:
-        return f"step {t['step']}: grown to {t['grew_to_layers']} layers (depthkv.models.grow)"
+        return f"step {t['step']}: grown to {t['grew_to_layers']} layers (training/grow.py)"
     return f"step {t['step']} -> {t['to_context']} ({t['reason']})"
+
+
+def runnable_command(recorded: str) -> str:
+    """A command of a ``training.json`` (``reproduce``, ``reproduce_extensions``) as it runs today:
+    ``python -m depthkv.models.train ARGS``, the module path the shipped models' records name,
+    becomes ``python -m training.train ARGS``. Raises ``ValueError`` for any other command."""
+    head, _, args = recorded.partition(" -m ")
+    module, _, rest = args.partition(" ")
+    if head != "python" or module not in (MODULE, *_FORMER_MODULES):
+        raise ValueError(f"not a recorded training command (python -m {MODULE} ...): {recorded!r}")
+    return f"python -m {MODULE} {rest}"
+
+
+def _former_module_note(recorded: list[str]) -> str:
+    """The card's word on records that name the script's former module path (none when they don't)."""
+    former = sorted({c.partition(" -m ")[2].partition(" ")[0] for c in recorded} & set(_FORMER_MODULES))
+    if not former:
+        return ""
+    return f" (its commands name the module path the script had then, {', '.join(f'`{m}`' for m in former)})"
+
+
+def eval_command(evaluation: dict) -> str:
+    """The command that measures ``evaluation`` (an ``evaluation.json``) again: ``--eval-only`` with
+    its example count, lengths and threshold (the options left at their defaults are omitted).
+    Raises ``ValueError`` for an evaluation no option of the script can repeat."""
+    if evaluation["seed"] != 0 or evaluation["split"] != "evaluation" or evaluation["tasks"] != list(TASKS):
+        raise ValueError(
+            "this evaluation used a seed, split or task list the script has no option for: "
+            f"seed {evaluation['seed']}, split {evaluation['split']!r}, tasks {evaluation['tasks']}"
+        )
+    parts = ["python", "-m", MODULE, "--name", evaluation["name"], "--eval-only"]
+    if evaluation["n"] != EVAL_N:
+        parts += ["--eval-n", str(evaluation["n"])]
+    if list(evaluation["lengths"]) != list(EVAL_LENGTHS):
+        parts += ["--eval-lengths", *map(str, evaluation["lengths"])]
+    if evaluation["learned_threshold"] != LEARNED_THRESHOLD:
+        parts += ["--learned-threshold", str(evaluation["learned_threshold"])]
+    return " ".join(parts)
 
 
 def _question_lines(stages: list[dict]) -> list[str]:
@@ -1316,7 +1379,7 @@ def run_evaluation(
     model, tokenizer = load_model(str(out_dir))
     model.to(resolve_device(device))
     started = time.perf_counter()
-    cells = evaluate(model, tokenizer, list(TASKS), lengths, n, log=log)
+    cells = card_accuracy(model, tokenizer, list(TASKS), lengths, n, log=log)
     evaluation = {
         "name": name,
         "split": "evaluation",
@@ -1336,10 +1399,9 @@ def run_evaluation(
     return evaluation
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m depthkv.models.train", description=__doc__.split("\n\n")[0]
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m training.train``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", required=True, choices=sorted(PRESETS))
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="exact number of optimizer steps (reproducible)")
@@ -1415,9 +1477,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-only", action="store_true", help="only evaluate and write the card")
     parser.add_argument("--no-eval", action="store_true", help="train only")
     parser.add_argument("--card-only", action="store_true", help="rewrite README.md from evaluation.json")
-    parser.add_argument("--eval-n", type=int, default=24)
-    parser.add_argument("--eval-lengths", type=int, nargs="+", default=[256, 512, 1024])
-    parser.add_argument("--learned-threshold", type=float, default=0.8)
+    parser.add_argument("--eval-n", type=int, default=EVAL_N, help="evaluation examples per task and length")
+    parser.add_argument(
+        "--eval-lengths", type=int, nargs="+", default=list(EVAL_LENGTHS), help="evaluation context lengths"
+    )
+    parser.add_argument(
+        "--learned-threshold",
+        type=float,
+        default=LEARNED_THRESHOLD,
+        help="accuracy at the trained length from which the card lists a task as learned",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     out_dir = args.out or MODELS_DIR / args.name
     work_dir = args.work_dir or Path("/tmp/depthkv-train") / args.name

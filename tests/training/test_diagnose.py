@@ -47,3 +47,28 @@ def test_examples_are_the_same_for_a_seed_and_bad_input_is_named():
         item_positions(record, "kv_retrieval", [2], 200, n=1)
     with pytest.raises(ValueError, match="need n >= 1 and item counts >= 1, got n=0"):
         item_positions(record, "niah_multiquery", [2], 200, n=0)
+
+
+def test_the_command_line_runs_on_a_checkpoint_folder(tmp_path, capsys, monkeypatch):
+    """``python -m training.diagnose --model DIR``: loads the checkpoint, prints one table per task
+    with a row per item count."""
+    from depthkv.workload import ByteTokenizer
+    from training import diagnose
+    from training import train as T
+
+    small = dict(
+        family="llama",
+        num_hidden_layers=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    monkeypatch.setitem(T.PRESETS, "tiny-llama", small)
+    T.save_model(T.model_at(T.TrainConfig(name="tiny-llama"), 1), ByteTokenizer(), tmp_path / "model")
+    diagnose.main(["--model", str(tmp_path / "model"), "--length", "128", "--n", "2", "--counts", "2", "3"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"{tmp_path / 'model'} at 128 characters, greedy, full cache")
+    for task in ("niah_multiquery", "niah_multivalue"):
+        assert f"\n{task}:\n" in out
+    assert len([line for line in out.splitlines() if line.startswith(("| 2 | 2 |", "| 3 | 2 |"))]) == 4

@@ -1,4 +1,4 @@
-"""Progressive depth (depthkv.models.grow and train.py's ``start_layers``/``grow_stage``)."""
+"""Progressive depth (training.grow and training.train's ``start_layers``/``grow_stage``)."""
 
 from __future__ import annotations
 

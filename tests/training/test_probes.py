@@ -1,4 +1,4 @@
-"""The key-matching probe logged while the tiny models train (depthkv.models.probes)."""
+"""The key-matching probe logged while the tiny models train (training.probes)."""
 
 from __future__ import annotations
 

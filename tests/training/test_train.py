@@ -4,6 +4,7 @@ cut anywhere continues exactly (checkpoint + ``--resume``)."""
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 
@@ -302,6 +303,10 @@ def test_training_writes_a_loadable_model_and_its_record(tmp_path, monkeypatch):
     assert [t["step"] for t in summary["curriculum"]["transitions"]] == [10]
     record = json.loads((out / "training.json").read_text())
     assert record["reproduce"].endswith("--steps 20 --stage-steps 10")
+    # A new record names the module the script runs as today (python -m training.train).
+    assert T.__name__ == T.MODULE == "training.train"
+    assert record["reproduce"].startswith("python -m training.train --name tiny-llama ")
+    assert record["command"].startswith("python -m training.train ")
     assert record["machine"]["device"] == "cpu"
     assert len(record["history"]) == 2
     from depthkv.models import load_model
@@ -552,7 +557,9 @@ def test_shipped_training_record_replays(name, tmp_path):
     import shlex
 
     record = json.loads((T.MODELS_DIR / name / "training.json").read_text())
-    argv = shlex.split(record["reproduce"])[3:]  # drop "python -m depthkv.models.train"
+    command = shlex.split(T.runnable_command(record["reproduce"]))  # as the card prints it
+    assert command[:3] == ["python", "-m", T.__name__]
+    argv = command[3:]
     if "--device" in argv:
         argv[argv.index("--device") + 1] = "cpu"
     steps = 10 if record["config"]["batch_scale"] > 1 else 20
@@ -577,5 +584,102 @@ def test_shipped_cards_are_what_their_records_write(name, tmp_path):
     card = (tmp_path / name / "README.md").read_text(encoding="utf-8")
     assert card == (T.MODELS_DIR / name / "README.md").read_text(encoding="utf-8")
     training = json.loads((tmp_path / name / "training.json").read_text(encoding="utf-8"))
-    assert training["reproduce"] in card
+    evaluation = json.loads((tmp_path / name / "evaluation.json").read_text(encoding="utf-8"))
+    # Commands that run today, from the repository root: the recorded ones under today's module
+    # path, and the one that measured the accuracy table.
+    for recorded in [training["reproduce"], *training["reproduce_extensions"]]:
+        assert "\n    " + T.runnable_command(recorded) + "\n" in card
+    assert "\n    " + T.eval_command(evaluation) + "\n" in card
+    assert "python -m depthkv" not in card and "depthkv/models/train.py" not in card
+    assert "`training/` folder, not in the installed package" in card
     assert "--out /tmp" not in card and "--work-dir" not in card
+
+
+def test_recorded_commands_run_under_today_s_module_path():
+    args = "--name tiny-llama --recipe v4 --steps 5810"
+    assert T.runnable_command(f"python -m depthkv.models.train {args}") == f"python -m training.train {args}"
+    assert T.runnable_command(f"python -m training.train {args}") == f"python -m training.train {args}"
+    for other in (f"python -m depthkv.models.grow {args}", f"python3 train.py {args}"):
+        with pytest.raises(ValueError, match="not a recorded training command"):
+            T.runnable_command(other)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_the_eval_command_repeats_the_recorded_evaluation(name):
+    """The card's ``--eval-only`` command, parsed by the script, asks for the evaluation its
+    ``evaluation.json`` holds (example count, lengths, threshold); one the script cannot repeat
+    is refused."""
+    import shlex
+
+    evaluation = json.loads((T.MODELS_DIR / name / "evaluation.json").read_text(encoding="utf-8"))
+    for case in (evaluation, {**evaluation, "n": 24, "lengths": [512], "learned_threshold": 0.9}):
+        command = shlex.split(T.eval_command(case))
+        assert command[:3] == ["python", "-m", T.__name__]
+        args = T.build_parser().parse_args(command[3:])
+        assert args.eval_only and not args.card_only and args.name == name and args.out is None
+        assert (args.eval_n, args.eval_lengths, args.learned_threshold) == (
+            case["n"],
+            case["lengths"],
+            case["learned_threshold"],
+        )
+    with pytest.raises(ValueError, match="no option for"):
+        T.eval_command({**evaluation, "seed": 1})
+
+
+def test_card_accuracy_scores_each_task_and_length_and_skips_what_does_not_fit(monkeypatch):
+    """The card's table: per task and length, the mean score of greedy answers to the evaluation
+    split's examples, each decoded with room for its answer + 2 tokens; a length too short for a
+    task is left out and said."""
+    from depthkv.workload import builtin_workload
+
+    tasks, lengths, n = ["niah_single", "niah_multikey"], [32, 64], 4
+    answers = {
+        ex.prompt: ex.answer
+        for task in tasks
+        for length in lengths
+        if (task, length) != ("niah_multikey", 32)
+        for ex in builtin_workload([task], n_per_task=n, context_length=length, split="evaluation", seed=0)
+    }
+    room = []
+
+    def fake_continuation(model, tokenizer, prompt, max_new_tokens):
+        room.append(max_new_tokens == len(tokenizer.encode(answers[prompt])) + 2)
+        return model(prompt)
+
+    monkeypatch.setattr(T, "greedy_continuation", fake_continuation)
+    messages = []
+    oracle = T.card_accuracy(lambda prompt: answers[prompt], TOK, tasks, lengths, n, log=messages.append)
+    assert all(room) and len(room) == 3 * n
+    assert sorted(oracle) == ["niah_multikey@64", "niah_single@32", "niah_single@64"]
+    assert all(cell["accuracy"] == 1.0 and cell["scores"] == [1.0] * n for cell in oracle.values())
+    assert any(m.startswith("skip niah_multikey @ 32") for m in messages)
+    calls = iter(range(100))
+    cells = T.card_accuracy(
+        lambda prompt: answers[prompt] if next(calls) % 2 else "", TOK, tasks, [64], n, log=messages.append
+    )
+    assert {key: cell["accuracy"] for key, cell in cells.items()} == {
+        "niah_single@64": 0.5,
+        "niah_multikey@64": 0.5,
+    }
+    assert cells["niah_single@64"]["n"] == n and cells["niah_single@64"]["context_length"] == 64
+
+
+def test_greedy_continuation_is_the_argmax_continuation_of_bos_and_the_prompt(monkeypatch):
+    monkeypatch.setitem(T.PRESETS, "tiny-llama", SMALL)
+    model = T.model_at(T.TrainConfig(name="tiny-llama"), 1).eval()
+    prompt, steps = "abcd:1234\n?abcd:", 5
+    ids = TOK.encode(prompt, add_special_tokens=True)
+    with torch.no_grad():
+        for _ in range(steps):  # no cache: the whole sequence again at each step
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    assert T.greedy_continuation(model, TOK, prompt, steps) == TOK.decode(ids[-steps:])
+
+
+def test_a_checkpoint_write_that_fails_leaves_the_previous_checkpoint_and_no_partial_file(tmp_path):
+    path = tmp_path / "work" / "checkpoint.pt"
+    T._save_checkpoint(path, {"step": 10, "weights": torch.arange(4)})
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):  # a lambda does not pickle
+        T._save_checkpoint(path, {"step": 20, "unpicklable": lambda: None})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pt"]
+    state = torch.load(path, weights_only=False)
+    assert state["step"] == 10 and torch.equal(state["weights"], torch.arange(4))
