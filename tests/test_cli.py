@@ -84,6 +84,54 @@ def test_allocate_options_say_what_is_wrong(small_profile, tmp_path, capsys, ext
     assert says in capsys.readouterr().err and not plan.exists()
 
 
+def test_a_budget_with_a_decimal_point_is_a_fraction(small_profile, tmp_path, capsys):
+    """One rule on every command: ``1.0`` is the whole context (a fraction), ``64`` is tokens per layer."""
+    plan = tmp_path / "plan.json"
+    args = ["allocate", str(small_profile), "--out", str(plan), "--strategy", "uniform"]
+    assert main([*args, "--budget", "1.0"]) == 0
+    written = json.loads(plan.read_text())
+    assert written["budgets"] == [written["context_length"]] * 3 and written["relative"]
+    assert main([*args, "--budget", "64"]) == 0
+    assert json.loads(plan.read_text())["budgets"] == [64] * 3
+    plan.unlink()
+    assert main([*args, "--budget", "1"]) == 2  # one token per layer: below the floor, said so
+    assert "below the floor" in capsys.readouterr().err and not plan.exists()
+    with pytest.raises(SystemExit):
+        main([*args, "--budget", "64.0"])  # a fraction above 1
+    assert "must be in (0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--budget", "64"])  # the demo's budgets are fractions
+    assert "takes a fraction of the context" in capsys.readouterr().err
+
+
+def test_plan_and_evaluate_commands(checkpoint, small_profile, tmp_path, capsys):
+    """`depthkv plan` writes explicit budgets ('full' keeps a layer); `depthkv evaluate` scores plan
+    files and the full cache on a workload, as depthkv.evaluate does."""
+    import depthkv
+
+    data = small_profile.parent / "wl.jsonl"
+    explicit, allocated = tmp_path / "explicit.json", tmp_path / "alloc.json"
+    assert main(["plan", "--model", str(checkpoint), "--budgets", "16", "full", "12", "--out", str(explicit)]) == 0
+    assert json.loads(explicit.read_text())["budgets"] == [16, None, 12]
+    assert main(["allocate", str(small_profile), "--budget", "0.2", "--out", str(allocated)]) == 0
+    out = tmp_path / "results.json"
+    args = ["evaluate", "--model", str(checkpoint), "--workload", str(data), "--no-progress"]
+    assert main([*args, "--plans", str(explicit), f"mine={allocated}", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert list(results["methods"]) == ["full", "explicit", "mine"]
+    assert results["plans"]["explicit"]["budgets"] == [16, None, 12]
+    model, tokenizer = depthkv.load_model(str(checkpoint))
+    direct = depthkv.evaluate(
+        model, tokenizer, depthkv.from_jsonl(data),
+        {"full": None, "mine": depthkv.Plan.load(allocated)}, progress=False,
+    )
+    assert results["methods"]["mine"]["mean"] == direct["mine"].summary()["mean"]
+    assert results["methods"]["full"]["per_task"] == direct["full"].summary()["per_task"]
+    assert "accuracy [95% CI]" in capsys.readouterr().out
+    assert main(["plan", "--model", str(checkpoint), "--budgets", "16", "half", "12", "--out", str(explicit)]) == 2
+    assert "'full'" in capsys.readouterr().err
+
+
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["allocate", str(tmp_path / "missing.json"), "--budget", "0.2", "--out", str(tmp_path / "p")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -94,17 +142,18 @@ def test_demo_leaves_out_the_tasks_the_card_calls_not_learned(name):
     """Issue 3: a task the model has not learned is said so on its card and left out of the
     default workload. The demo's tasks are exactly the card's learned ones, each at or above the
     card's threshold at the trained length; a model without a card gets the built-in defaults."""
-    from depthkv.cli import _card, _default_tasks
+    from depthkv.cli.common import card as model_card
+    from depthkv.cli.common import default_tasks
     from depthkv.workload import DEFAULT_TASKS
 
-    card = _card(name)
-    tasks = _default_tasks(name)
+    card = model_card(name)
+    tasks = default_tasks(name)
     assert tasks == card["learned_tasks"] and tasks
     length, threshold = card["trained_length"], card["learned_threshold"]
     for task in card["tasks"]:
         accuracy = card["cells"][f"{task}@{length}"]["accuracy"]
         assert (task in tasks) == (accuracy >= threshold), (task, accuracy)
-    assert _default_tasks("/no/such/model") == list(DEFAULT_TASKS)
+    assert default_tasks("/no/such/model") == list(DEFAULT_TASKS)
 
 
 def test_tune_floor_command(checkpoint, small_profile, tmp_path, capsys):

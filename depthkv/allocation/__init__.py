@@ -2,11 +2,11 @@
 
 * :mod:`~depthkv.allocation.strategies` — the strategies (pure numpy, each with its math):
   ``uniform``, ``proportional``, ``softmax``, ``rank``, ``pyramid``, ``greedy``.
-* :mod:`~depthkv.allocation.allocate` — :func:`allocate` (profile + budget -> :class:`~depthkv.Plan`),
+* :mod:`~depthkv.allocation.plans` — :func:`allocate` (profile + budget -> :class:`~depthkv.Plan`),
   :func:`uniform_plan` and :func:`plan_from_budgets` (plans without a profile).
 """
 
-from depthkv.allocation.allocate import allocate, plan_from_budgets, uniform_plan
+from depthkv.allocation.plans import allocate, plan_from_budgets, uniform_plan
 from depthkv.allocation.strategies import STRATEGIES, allocate_from_sensitivity
 
 __all__ = ["STRATEGIES", "allocate", "allocate_from_sensitivity", "plan_from_budgets", "uniform_plan"]

@@ -4,11 +4,11 @@
   caches derived from it), shared with plan checks and evaluation.
 * :mod:`~depthkv.calibration.metrics` — how much worse an example gets (``nll``, ``kl``, ``score``).
 * :mod:`~depthkv.calibration.replay` — the full run's hidden states replayed below a pruned layer.
-* :mod:`~depthkv.calibration.calibrate` — :func:`calibrate` (checkpointed, resumable).
+* :mod:`~depthkv.calibration.ablation` — :func:`calibrate` (checkpointed, resumable).
 * :mod:`~depthkv.calibration.stats` — permutation test, Friedman test, bootstrap CIs.
 """
 
-from depthkv.calibration.calibrate import calibrate, compute_stats
+from depthkv.calibration.ablation import calibrate, compute_stats
 from depthkv.calibration.stats import (
     LayerStats,
     bootstrap_mean_ci,

@@ -5,6 +5,6 @@ The pass itself is :mod:`depthkv.passes`; the custom ops it emits are
 :class:`~depthkv.StaticBudgetCache`.
 """
 
-from depthkv.compiler.backend import DepthKVBackend, backend, compile
+from depthkv.compiler.dynamo_backend import DepthKVBackend, backend, compile
 
 __all__ = ["DepthKVBackend", "backend", "compile"]

@@ -13,7 +13,7 @@ from depthkv.files import CorruptFileError, atomic_write_json, read_json
 from depthkv.policies import PolicyConfig
 from depthkv.profile.apportion import apportion
 from depthkv.profile.budget import Budget, check_budget, round_tokens
-from depthkv.profile.fingerprint import ModelFingerprint, as_fingerprint
+from depthkv.profile.fingerprints import ModelFingerprint, as_fingerprint
 from depthkv.profile.schema import check_header, header, require
 
 PLAN_KIND = "depthkv-plan"

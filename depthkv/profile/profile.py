@@ -17,7 +17,7 @@ import numpy as np
 from depthkv.files import CorruptFileError, atomic_write_json, read_json
 from depthkv.policies import PolicyConfig
 from depthkv.profile.budget import Budget, budget_tokens
-from depthkv.profile.fingerprint import ModelFingerprint, as_fingerprint
+from depthkv.profile.fingerprints import ModelFingerprint, as_fingerprint
 from depthkv.profile.schema import check_header, header, now, require
 from depthkv.profile.schema import depthkv_version as installed_version
 

@@ -6,13 +6,13 @@
   compiled models and CUDA graphs.
 * :mod:`~depthkv.runtime.attention` — the ``depthkv`` attention implementation registered with
   transformers; :mod:`~depthkv.runtime.handoff` — how a cache layer reaches it.
-* :mod:`~depthkv.runtime.apply` — :func:`apply` (eager runs and ``generate``).
+* :mod:`~depthkv.runtime.handle` — :func:`apply` (eager runs and ``generate``).
 * :mod:`~depthkv.runtime.generation` — the one greedy decode loop.
 """
 
-from depthkv.runtime.apply import DepthKVModel, apply
 from depthkv.runtime.cache import BudgetCache, BudgetLayer
 from depthkv.runtime.generation import cache_kwarg, greedy_decode, greedy_generate
+from depthkv.runtime.handle import DepthKVModel, apply
 from depthkv.runtime.handoff import DepthKVUsageError
 from depthkv.runtime.static_cache import StaticBudgetCache, StaticBudgetLayer
 

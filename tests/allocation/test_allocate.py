@@ -79,3 +79,15 @@ def test_relative_plan_rescaled_total_is_rounded(model):
     assert plan.total == 87 and plan.context_length == 100
     assert sum(plan.budgets_for(133)) == 116
     assert sum(plan.budgets_for(150)) == 130  # 130.5 rounds half to even, as Python's round does
+
+
+def test_explicit_plans_keep_full_layers_whole_and_check_the_floor_at_once(model):
+    """plan_from_budgets: ``None`` keeps a layer whole (no fake global budget of ~10^9 tokens), the
+    floor stays the policy's, and a budget below it is an error when the plan is made."""
+    plan = depthkv.plan_from_budgets(model, [None, 16, 12])
+    assert plan.budgets == [None, 16, 12] and plan.full_layers == [0]
+    assert plan.global_budget is None and plan.total is None and plan.floor == 8
+    with pytest.raises(ValueError, match="layer 1: budget 4 is below the plan's floor 8"):
+        depthkv.plan_from_budgets(model, [None, 4, 16])
+    streaming = depthkv.plan_from_budgets(model, [None, 12, 12], policy="streaming")
+    assert streaming.floor == 12

@@ -132,3 +132,13 @@ def test_score_metric_with_dict_examples(model):
     )
     assert profile.degradation.shape == (1, 2, 4)
     assert np.all((profile.degradation >= -1) & (profile.degradation <= 1))
+
+
+def test_resume_refuses_a_checkpoint_made_with_other_reuse(model, tmp_path):
+    """``reuse`` is part of the settings (replayed and recomputed layers agree only up to float
+    rounding), so a checkpoint resumes only with the same value."""
+    ckpt = tmp_path / "p.json"
+    depthkv.calibrate(model, CharTokenizer(), workload(2), progress=False, checkpoint=ckpt, n_permutations=9)
+    assert depthkv.Profile.load(ckpt).settings["reuse"] is True
+    with pytest.raises(ValueError, match="other settings"):
+        depthkv.calibrate(model, CharTokenizer(), workload(2), reuse=False, progress=False, checkpoint=ckpt)

@@ -250,3 +250,30 @@ def test_embedded_models_compile_and_match_eager(name):
     tokens, logits, _, be = compiled_run(model, plan, ids, None, inner="eager")
     assert all(len(r.rewritten) == n for r in be.reports)
     assert_equivalent(ref, (tokens, logits))
+
+
+def test_eager_steps_run_the_backend_s_kernels(llama, monkeypatch):
+    """The eager steps of a StaticBudgetCache (generate's prefill) run the kernel implementation the
+    backend was made with, not always the reference: the cache from ``backend.new_cache`` (or
+    ``for_model`` after ``depthkv.compile``) carries it."""
+    pytest.importorskip("triton")
+    from depthkv.kernels import dispatch
+
+    calls = []
+    fast = dispatch.attend_evict_fast
+    monkeypatch.setattr(dispatch, "attend_evict_fast", lambda *a, **k: calls.append(a[0].impl) or fast(*a, **k))
+    plan = depthkv.plan_from_budgets(llama, [10, 24, 17])
+    ids, _ = _batch(1)
+    ref = eager_reference(llama, plan, ids, None)
+    be = backend(plan, impl="triton", inner="eager")
+    cache = be.new_cache(llama, max_len=PROMPT + NEW)
+    assert {layer.impl for layer in cache.layers} == {"triton"}
+    use_depthkv_attention(llama)
+    try:
+        tokens, logits = greedy_generate(llama, ids, cache, NEW)  # every step eager
+    finally:
+        llama.set_attn_implementation("sdpa")
+    assert calls == ["triton"] * 3 * NEW  # three layers, every step
+    assert_equivalent(ref, (tokens, logits))
+    model = depthkv.compile(tiny_model("llama"), plan, impl="triton", inner="eager")
+    assert {layer.impl for layer in StaticBudgetCache.for_model(model, plan, max_len=64).layers} == {"triton"}

@@ -152,3 +152,30 @@ def test_plan_degradation_says_what_is_wrong(model):
             depthkv.plan_from_budgets(tiny_model("llama", layers=2), [8, 8]),
             progress=False,
         )
+
+
+def test_evaluation_and_plan_checks_share_one_rule_for_distinct_policies(model, monkeypatch):
+    """Equal policy configurations are one policy (one prefill per example) in both evaluation and
+    plan checks: both ask calibration.engine.distinct_policies."""
+    from depthkv.calibration import engine
+    from depthkv.evaluation import comparison as evaluate_module
+    from depthkv.evaluation import plan_check
+
+    same = [
+        depthkv.plan_from_budgets(model, [8] * 4),
+        depthkv.plan_from_budgets(model, [12] * 4, policy={"name": "snapkv"}),
+        depthkv.plan_from_budgets(model, [16] * 4, policy=depthkv.PolicyConfig(window=8)),
+    ]
+    asked = []
+    spy = lambda plans: asked.append(len(list(plans))) or engine.distinct_policies(plans)  # noqa: E731
+    for module in (plan_check, evaluate_module):
+        monkeypatch.setattr(module, "distinct_policies", spy)
+    runs = []
+    original = engine.ExampleRun.__init__
+    monkeypatch.setattr(engine.ExampleRun, "__init__", lambda self, *a, **k: runs.append(1) or original(self, *a, **k))
+    plan_check.plan_degradation(model, CharTokenizer(), workload(2), same, progress=False)
+    depthkv.evaluate(model, CharTokenizer(), workload(2), dict(zip("abc", same)), progress=False)
+    assert len(asked) == 2 and len(runs) == 2 + 2  # one prefill per example in each
+    h2o = depthkv.plan_from_budgets(model, [8] * 4, policy="h2o")
+    depthkv.evaluate(model, CharTokenizer(), workload(1), {"a": same[0], "b": h2o}, progress=False)
+    assert len(runs) == 4 + 2  # two policies: two prefills

@@ -1,0 +1,138 @@
+"""What the ``depthkv`` subcommands share: budget arguments, a model's card defaults, workloads,
+run information and tables."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from depthkv.profile import Budget, parse_budget
+from depthkv.profile.budget import is_fraction
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def budget_arg(text: str) -> Budget:
+    """argparse type of ``--budget``: ``0.2`` / ``1.0`` a fraction of the context, ``512`` tokens."""
+    try:
+        return parse_budget(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def fraction_arg(text: str) -> float:
+    """argparse type of a budget that must be a fraction of the context (``0.2``, ``1.0``)."""
+    budget = budget_arg(text)
+    if not is_fraction(budget):
+        raise argparse.ArgumentTypeError(
+            f"{text} is a number of tokens; this option takes a fraction of the context in (0, 1], e.g. 0.2"
+        )
+    return budget
+
+
+def load(name: str) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a shipped model name or a local checkpoint folder."""
+    from depthkv.models import load_model
+
+    return load_model(name)
+
+
+def card(name: str) -> dict[str, Any]:
+    """A shipped model's measured card (``evaluation.json`` beside its weights), or {}."""
+    path = MODELS_DIR / str(name) / "evaluation.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def default_tasks(name: str) -> list[str]:
+    """The tasks the model's card lists as learned (full-cache accuracy at the trained length at
+    least the card's ``learned_threshold``, 0.8): a task the model has not learned is left out of
+    the default workload, as the card says. The built-in defaults for a model without a card."""
+    from depthkv.workload import DEFAULT_TASKS
+
+    return list(card(name).get("learned_tasks") or DEFAULT_TASKS)
+
+
+def default_context(name: str) -> int:
+    """The model's trained context length (1024 for models without a card)."""
+    return int(card(name).get("trained_length", 1024))
+
+
+def add_workload_args(parser: argparse.ArgumentParser, split: str, n_per_task: int) -> None:
+    """Options that choose a workload: a JSONL file, or a built-in split."""
+    parser.add_argument("--workload", default=None, help="JSONL file (default: a built-in split, below)")
+    parser.add_argument("--tasks", nargs="+", default=None, help="built-in tasks (default: the model card's learned ones)")
+    parser.add_argument("--n-per-task", type=int, default=n_per_task, help=f"built-in examples per task ({n_per_task})")
+    parser.add_argument("--context-length", type=int, default=None, help="built-in context length (default: the model's trained length)")
+    parser.add_argument("--split", default=split, choices=["calibration", "evaluation"], help=f"built-in split ({split})")
+    parser.add_argument("--seed", type=int, default=0, help="built-in workload seed (0)")
+
+
+def workload_from_args(args: argparse.Namespace) -> Any:
+    """The workload :func:`add_workload_args`' options name."""
+    from depthkv.workload import builtin_workload, from_jsonl
+
+    if args.workload:
+        return from_jsonl(args.workload)
+    return builtin_workload(
+        args.tasks or default_tasks(args.model),
+        n_per_task=args.n_per_task,
+        context_length=args.context_length or default_context(args.model),
+        split=args.split,
+        seed=args.seed,
+    )
+
+
+def calibration_workload(profile: Any, path: str | None) -> Any:
+    """The workload ``profile`` was calibrated on: ``path`` (JSONL), or the built-in split rebuilt
+    from the profile's description and checked against its examples' digest."""
+    from depthkv.workload import builtin_workload, from_jsonl
+
+    if path:
+        return from_jsonl(path)
+    desc = profile.workload or {}
+    if desc.get("source") != "builtin":
+        raise ValueError("the profile was calibrated on a custom workload; pass the same file with --workload my.jsonl")
+    workload = builtin_workload(
+        list(desc["tasks"]),
+        n_per_task=desc["n_per_task"],
+        context_length=desc["target_context_length"],
+        split=desc["split"],
+        seed=desc["seed"],
+    )
+    if workload.fingerprint() != desc.get("examples_sha256"):
+        raise ValueError(
+            "the built-in workload rebuilt from the profile's description differs from the one it was "
+            "calibrated on (another depthkv version?); pass the calibration examples with --workload"
+        )
+    return workload
+
+
+def run_info(args: argparse.Namespace, started: float, **extra: Any) -> dict[str, Any]:
+    """Where and how a result was made: model, the command, machine, versions, wall time."""
+    import time
+
+    import torch
+    import transformers
+
+    return {
+        "model": args.model,
+        "command": " ".join(["depthkv", *args.argv]),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        **extra,
+        "wall_s": time.time() - started,
+    }
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
