@@ -7,13 +7,13 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test test-gpu docs bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,triton]"
+	$(PY) -m pip install --quiet -e ".[dev,triton,docs]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -21,9 +21,19 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/depthkv demo $(DEMO_ARGS)
 
+# Lint, the whole suite (Triton kernels under the interpreter without CUDA, natively with it; the
+# docs' Python blocks run as tests) and the strict docs build: what CI runs.
 test: $(STAMP)
-	$(VENV)/bin/ruff check depthkv tests benchmarks
-	TRITON_INTERPRET=1 $(PY) -m pytest tests $(TEST_ARGS)
+	$(VENV)/bin/ruff check depthkv tests benchmarks training
+	$(PY) -m pytest tests $(TEST_ARGS)
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir "$$(mktemp -d)"
+
+# On a CUDA machine: the kernel and compiler tests natively on the GPU (fails without CUDA).
+test-gpu: $(STAMP)
+	DEPTHKV_REQUIRE_CUDA=1 $(PY) -m pytest tests/kernels tests/compiler tests/runtime $(TEST_ARGS)
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-json=benchmarks/results/cpu.json

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import settings
 
@@ -18,3 +19,8 @@ if not torch.cuda.is_available():
 
 settings.register_profile("depthkv", derandomize=True, database=None, print_blob=True)
 settings.load_profile("depthkv")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("DEPTHKV_REQUIRE_CUDA") == "1" and not torch.cuda.is_available():
+        raise pytest.UsageError("make test-gpu runs the kernels natively and needs a CUDA device; use make test here")
