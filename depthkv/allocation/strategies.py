@@ -62,7 +62,7 @@ def allocate_from_sensitivity(
     """Spread ``total`` KV tokens over layers according to their sensitivity.
 
     Args:
-        sensitivity: float array ``[L]``, mean degradation when that layer alone is pruned (larger =
+        sensitivity (array_like): float array ``[L]``, mean degradation when that layer alone is pruned (larger =
             more sensitive). May hold zeros and negatives (measurement noise); must be finite.
             ``uniform`` and ``pyramid`` only use its length.
         total: total tokens over all layers (average per-layer budget × ``L``), an integer.

@@ -48,10 +48,11 @@ def plan_degradation(
 ) -> np.ndarray:
     """Degradation of ``metric`` with every layer pruned to its planned budget at once.
 
+    ``model``, ``tokenizer``, ``workload``, ``metric``, ``compress``, ``scorer`` and
+    ``extra_tokens`` are as in :func:`depthkv.calibrate` (measure on the calibration split, never on
+    the evaluation split you will report).
+
     Args:
-        model, tokenizer, workload, metric, compress, scorer, extra_tokens: as in
-            :func:`depthkv.calibrate` (measure on the calibration split, never on the evaluation
-            split you will report).
         plans: one plan or several, all with the same eviction policy; relative plans are resolved at
             each example's context length (:meth:`Plan.budgets_for`).
 
@@ -152,7 +153,8 @@ def tune_floor(
     Args:
         profile: from :func:`depthkv.calibrate`. Pass its calibration workload (never the
             evaluation split: that would tune on the test).
-        budget, strategy, allocate_kwargs: as in :func:`depthkv.allocate` (not ``floor``).
+        budget: as in :func:`depthkv.allocate`.
+        strategy: as in :func:`depthkv.allocate`.
         floors: floors to try (default :func:`default_floors`: the policy's floor, 16, 32, ... up to
             the global budget per layer).
         metric: what is compared (default ``"score"``: greedy generation, token by token, scored by
@@ -160,6 +162,7 @@ def tune_floor(
             as in deployment; ``"nll"`` and ``"kl"`` teacher-force question and answer in one step
             and cannot see that eviction, see ``docs/results.md``).
         compress: default: the profile's (as it was calibrated).
+        **allocate_kwargs: the other options of :func:`depthkv.allocate` (not ``floor``).
 
     Returns:
         A :class:`FloorSearch`; ``.plan`` is the plan with the lowest mean joint degradation.

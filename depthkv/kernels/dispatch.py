@@ -30,7 +30,15 @@ def attend_evict(
     Args:
         impl: an implementation already resolved for this device (``"reference"``, ``"triton"``,
             ``"flash"``; see :func:`depthkv.kernels.resolve_impl`): never guessed here.
-        Others: as :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
+        q: as in :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
+        k_new: as in :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
+        v_new: as in :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
+        mask: as in :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
+        buffers: as in :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
+        scaling: as in :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
+        budget: as in :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
+        policy: as in :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
+        layer_idx: as in :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
 
     Returns:
         ``[B, H, m, D]`` attention output (SDPA layout); ``buffers`` hold the kept slots.

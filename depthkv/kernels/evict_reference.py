@@ -50,7 +50,8 @@ def attend_evict_reference(
 
     Args:
         q: ``[B, H, m, D]`` this step's queries (post-RoPE).
-        k_new, v_new: ``[B, Hkv, m, D]`` this step's keys/values.
+        k_new: ``[B, Hkv, m, D]`` this step's keys.
+        v_new: ``[B, Hkv, m, D]`` this step's values.
         mask: bool or additive ``[B, 1, m, L]`` over logical positions, or None (causal, no padding).
         buffers: the layer's buffers, ``budget`` slots each (mutated).
         scaling: the softmax scale.

@@ -275,9 +275,13 @@ def compact(
 
     Args:
         keep: int64 ``[B, Hkv, K]``, each in ``[0, N)``.
-        src_k, src_v: ``[B, Hkv, N, D]`` any dtype. src_pos: int64 ``[B, Hkv, N]``.
+        src_k: ``[B, Hkv, N, D]`` any dtype.
+        src_v: ``[B, Hkv, N, D]`` any dtype.
+        src_pos: int64 ``[B, Hkv, N]``.
         src_score: fp32 ``[B, Hkv, N]`` or None (then ``dst_score`` must be None too).
-        dst_k, dst_v: ``[B, Hkv, K, D]`` (dtype of the source). dst_pos: int64 ``[B, Hkv, K]``.
+        dst_k: ``[B, Hkv, K, D]`` (dtype of the source).
+        dst_v: ``[B, Hkv, K, D]`` (dtype of the source).
+        dst_pos: int64 ``[B, Hkv, K]``.
         dst_score: fp32 ``[B, Hkv, K]`` or None.
 
     Raises:
@@ -317,7 +321,8 @@ def decode_attention(
 
     Args:
         q: ``[B, H, m, D]`` new queries (post-RoPE), fp32/fp16/bf16.
-        k, v: ``[B, Hkv, N, D]`` the buffer (same dtype).
+        k: ``[B, Hkv, N, D]`` the buffer's keys (q's dtype).
+        v: ``[B, Hkv, N, D]`` the buffer's values (q's dtype).
         valid: bool ``[B, Hkv, N]``: True = slot holds a token (False = empty or padding).
         scale: softmax scale.
 

@@ -107,10 +107,15 @@ def compact(
 
     Args:
         keep: int64 ``[B, Hkv, K]`` slot indices into the source, in the order to store them.
-        src_k, src_v: ``[B, Hkv, N, D]`` (any dtype, any strides); src_pos int64 ``[B, Hkv, N]``;
-            src_score fp32 ``[B, Hkv, N]`` or None.
-        dst_k, dst_v: ``[B, Hkv, K, D]``; dst_pos int64 ``[B, Hkv, K]``; dst_score fp32
-            ``[B, Hkv, K]`` or None. Written in full; must not overlap any source.
+        src_k: ``[B, Hkv, N, D]`` (any dtype, any strides).
+        src_v: ``[B, Hkv, N, D]`` (any dtype, any strides).
+        src_pos: int64 ``[B, Hkv, N]``.
+        src_score: fp32 ``[B, Hkv, N]`` or None.
+        dst_k: ``[B, Hkv, K, D]``. Every destination is written in full and must not overlap any
+            source.
+        dst_v: ``[B, Hkv, K, D]``.
+        dst_pos: int64 ``[B, Hkv, K]``.
+        dst_score: fp32 ``[B, Hkv, K]`` or None.
     """
     b, hkv, n, kk = _ref.check_compact(keep, src_k, src_v, src_pos, src_score, dst_k, dst_v, dst_pos, dst_score)
     srcs = [src_k, src_v, src_pos] + ([src_score] if src_score is not None else [])

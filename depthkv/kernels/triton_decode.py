@@ -227,7 +227,8 @@ def decode_attention(
 
     Args:
         q: ``[B, H, m, D]`` new queries, fp32/fp16/bf16, any strides.
-        k, v: ``[B, Hkv, N, D]`` the layer's buffer (q's dtype), any strides.
+        k: ``[B, Hkv, N, D]`` the layer's buffered keys (q's dtype), any strides.
+        v: ``[B, Hkv, N, D]`` the layer's buffered values (q's dtype), any strides.
         valid: bool ``[B, Hkv, N]``, True = slot holds a token.
         scale: softmax scale.
         out: optional preallocated ``[B, H, m, D]`` (q's dtype), written in full.

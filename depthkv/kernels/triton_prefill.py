@@ -226,7 +226,8 @@ def attention_lse(
 
     Args:
         q: ``[B, H, Sq, D]`` fp32/fp16/bf16 (CUDA; CPU under the interpreter); any strides.
-        k, v: ``[B, Hkv, Sk, D]``, q's dtype; ``H % Hkv == 0``; ``Sq <= Sk`` when ``causal``.
+        k: ``[B, Hkv, Sk, D]``, q's dtype; ``H % Hkv == 0``; ``Sq <= Sk`` when ``causal``.
+        v: ``[B, Hkv, Sk, D]``, q's dtype.
         scale: softmax scale.
         causal: bottom-right aligned causal mask.
         out: optional preallocated ``[B, H, Sq, D]`` output (q's dtype), written in full.

@@ -44,7 +44,8 @@ def apportion(weights, total: int, floor: int = 0, max_tokens: int | None = None
     The result is monotone in the weights: a layer with a larger weight never gets fewer tokens.
 
     Args:
-        weights: non-negative finite float array ``[L]``. All zeros is treated as equal weights.
+        weights (array_like): non-negative finite float array ``[L]``. All zeros is treated as equal
+            weights.
         total: total tokens to hand out, an integer with ``L·floor <= total <= L·max_tokens``.
         floor: minimum tokens per layer.
         max_tokens: maximum tokens per layer, ``None`` = no cap.
