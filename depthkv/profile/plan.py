@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from depthkv.files import CorruptFileError, atomic_write_json, read_json
+from depthkv.files import CorruptFileError
 from depthkv.policies import PolicyConfig
 from depthkv.profile.apportion import apportion
 from depthkv.profile.budget import Budget, check_budget, round_tokens
 from depthkv.profile.fingerprints import ModelFingerprint, as_fingerprint
-from depthkv.profile.schema import check_header, header, require
+from depthkv.profile.schema import JsonArtefact, check_header, header, require
 
 PLAN_KIND = "depthkv-plan"
 
 
 @dataclass
-class Plan:
+class Plan(JsonArtefact):
     """Per-layer KV token budgets and the eviction policy inside each layer.
 
     Attributes:
@@ -38,6 +36,9 @@ class Plan:
         fingerprint: the model the plan belongs to (None for plans made without a model).
         metadata: anything else worth keeping (the allocation's total and sensitivities, a floor search).
     """
+
+    KIND = PLAN_KIND
+    NAME = "plan"
 
     budgets: list[int | None]
     strategy: str
@@ -165,15 +166,3 @@ class Plan:
             )
         except (TypeError, ValueError) as exc:
             raise CorruptFileError(f"{source}: {exc}") from None
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the plan atomically as JSON; returns the path."""
-        return atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, model: Any = None) -> Plan:
-        """Load and validate a plan; with ``model`` also check that it belongs to that model."""
-        plan = cls.from_dict(read_json(path, "plan"), source=str(path))
-        if model is not None:
-            plan.check_model(model)
-        return plan

@@ -7,18 +7,16 @@ recomputed. It is written atomically and checked against the model it is applied
 from __future__ import annotations
 
 import numbers
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from depthkv.files import CorruptFileError, atomic_write_json, read_json
+from depthkv.files import CorruptFileError
 from depthkv.policies import PolicyConfig
 from depthkv.profile.budget import Budget, budget_tokens
 from depthkv.profile.fingerprints import ModelFingerprint, as_fingerprint
-from depthkv.profile.schema import check_header, header, now, require
+from depthkv.profile.schema import JsonArtefact, check_header, header, now, require
 from depthkv.profile.schema import depthkv_version as installed_version
 
 PROFILE_KIND = "depthkv-profile"
@@ -26,7 +24,7 @@ METRICS = ("nll", "kl", "score")
 
 
 @dataclass
-class Profile:
+class Profile(JsonArtefact):
     """Per-layer sensitivity measured by one-layer-at-a-time ablation.
 
     Attributes:
@@ -44,6 +42,9 @@ class Profile:
         stats: permutation test, Friedman test and bootstrap CIs (``LayerStats.to_dict()``) or None.
         complete: False while calibration is still running (a partial profile can be resumed).
     """
+
+    KIND = PROFILE_KIND
+    NAME = "profile"
 
     fingerprint: ModelFingerprint
     metric: str
@@ -189,18 +190,6 @@ class Profile:
         profile.created = str(data.get("created", ""))
         profile.depthkv_version = str(data.get("depthkv_version", ""))
         profile.validate(source)
-        return profile
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the profile atomically as JSON; returns the path."""
-        return atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, model: Any = None) -> Profile:
-        """Load and validate a profile; with ``model`` also check the fingerprint (naming every difference)."""
-        profile = cls.from_dict(read_json(path, "profile"), source=str(path))
-        if model is not None:
-            profile.check_model(model)
         return profile
 
     def check_model(self, model: Any) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, ClassVar
 
-from depthkv.files import CorruptFileError
+from depthkv.files import CorruptFileError, atomic_write_json, read_json
 
 SCHEMA_VERSION = 1
 
@@ -47,3 +49,24 @@ def require(data: dict[str, Any], keys: list[str], kind: str, source: str) -> No
     missing = [k for k in keys if k not in data]
     if missing:
         raise CorruptFileError(f"{kind} {source} is missing required fields {missing}")
+
+
+class JsonArtefact:
+    """Saving and loading of an artefact class with ``to_dict``, ``from_dict(data, source)`` and
+    ``check_model(model)``: one JSON file, written atomically, checked when read."""
+
+    KIND: ClassVar[str]  # the file's "kind" field
+    NAME: ClassVar[str]  # what the file is called in messages
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write as JSON atomically (:func:`depthkv.files.atomic_write_json`); returns the path."""
+        return atomic_write_json(path, self.to_dict())  # type: ignore[attr-defined]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: Any = None) -> Any:
+        """Load and validate a file; with ``model`` also check that it belongs to that model (a
+        fingerprint mismatch names every differing field)."""
+        artefact = cls.from_dict(read_json(path, cls.NAME), source=str(path))  # type: ignore[attr-defined]
+        if model is not None:
+            artefact.check_model(model)
+        return artefact
