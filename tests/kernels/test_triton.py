@@ -4,7 +4,8 @@ Runs on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``, set by
 any kernel module is imported) or on CUDA. Shapes are small: the interpreter executes every
 program in Python.
 
-Tolerance (DESIGN.md, "Reference first"): with ``ref64`` the reference evaluated in fp64 on the
+Tolerance (the reference defines correctness; a fast path may differ from it only as much as
+PyTorch itself does at the same precision): with ``ref64`` the reference evaluated in fp64 on the
 same (already rounded) inputs and ``torch_err = max |reference_in_dtype - ref64|`` the error
 PyTorch itself makes at that precision, we require
 
