@@ -3,7 +3,7 @@
 Pruning layer ``l`` changes nothing below it: the hidden states entering layer ``l`` equal the full
 run's. So an ablation replays layers ``< l`` (each returns the recorded output of layer ``l - 1``)
 and runs only layers ``>= l``. Eviction also never changes the step it happens in, so the context
-prefill is shared by every ablation too (see :meth:`depthkv.cache.BudgetCache.pruned`).
+prefill is shared by every ablation too (see :meth:`depthkv.runtime.cache.BudgetCache.pruned`).
 """
 
 from __future__ import annotations

@@ -120,27 +120,26 @@ def test_compiled_equals_eager_batch_of_three_with_padding(llama, policy):
     assert_equivalent(ref, compiled_run(llama, plan, ids, mask)[:2])
 
 
-def test_full_budget_matches_unmodified_model(llama):
-    plan = depthkv.plan_from_budgets(llama, [PROMPT + NEW] * 3)
-    ids, _ = _batch(1)
-    with torch.inference_mode():
-        ref = llama.generate(ids, max_new_tokens=NEW, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    tokens, logits, _, _ = compiled_run(llama, plan, ids, None)
-    assert torch.equal(tokens, ref.sequences[:, PROMPT:])
-    torch.testing.assert_close(logits, torch.stack(ref.logits).float(), rtol=1e-4, atol=1e-4)
-
-
-def test_compiled_attention_uses_the_model_s_softmax_scale():
-    """The pass bakes in each attention node's own scale (Gemma 2/3 do not use head_dim ** -0.5)."""
+@pytest.mark.parametrize(
+    "budgets, scaling",
+    [([PROMPT + NEW] * 3, None), ([None] * 3, None), ([PROMPT + NEW] * 3, 0.9)],
+    ids=["budget-at-least-the-context", "full-layers", "own-softmax-scale"],
+)
+def test_full_budget_matches_unmodified_model(budgets, scaling):
+    """Budgets that keep everything (token counts, or ``None``: a buffer of ``max_len`` slots) give the
+    unmodified model's tokens and logits; the pass bakes in each attention node's own scale (Gemma
+    2/3 do not use head_dim ** -0.5)."""
     model = tiny_model("llama")
-    set_attention_scale(model, 0.9)
-    plan = depthkv.plan_from_budgets(model, [PROMPT + NEW] * 3)
+    if scaling is not None:
+        set_attention_scale(model, scaling)
+    plan = depthkv.plan_from_budgets(model, budgets)
     ids, _ = _batch(1)
     with torch.inference_mode():
         ref = model.generate(ids, max_new_tokens=NEW, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    tokens, logits, _, _ = compiled_run(model, plan, ids, None)
+    tokens, logits, cache, _ = compiled_run(model, plan, ids, None)
     assert torch.equal(tokens, ref.sequences[:, PROMPT:])
     torch.testing.assert_close(logits, torch.stack(ref.logits).float(), rtol=1e-4, atol=1e-4)
+    assert cache.budgets == [b if b is not None else PROMPT + NEW for b in budgets]
 
 
 def test_two_models_of_one_class_with_different_scales_in_one_session():
