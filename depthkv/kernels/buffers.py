@@ -14,7 +14,8 @@ class LayerBuffers:
     """The buffers of one layer of a :class:`~depthkv.StaticBudgetCache` (updated in place).
 
     Attributes:
-        keys, values: ``[B, Hkv, n, D]`` in the model's dtype; ``n`` is the layer's budget.
+        keys: ``[B, Hkv, n, D]`` in the model's dtype; ``n`` is the layer's budget.
+        values: ``[B, Hkv, n, D]`` in the model's dtype.
         positions: int64 ``[B, Hkv, n]``: logical position of the token in each slot, -1 = empty.
         scores: float32 ``[B, Hkv, n]``: accumulated policy scores (stateful policies).
         seen: int64 ``[]``: the logical length *including* the step being attended (the cache

@@ -32,10 +32,11 @@ class BudgetLayer(CacheLayerMixin):
     """One attention layer's KV storage with a token budget.
 
     Storage (after a step has been compressed), ``n <= budget`` slots per KV head:
-        keys, values: ``[B, Hkv, n, D]`` in the model's dtype
-        positions: int64 ``[B, Hkv, n]`` logical position of each slot, ascending along ``n``
-        valid: bool ``[B, Hkv, n]`` False for padding tokens
-        scores: float32 ``[B, Hkv, n]`` accumulated policy scores (stateful policies only)
+
+    * keys, values: ``[B, Hkv, n, D]`` in the model's dtype
+    * positions: int64 ``[B, Hkv, n]`` logical position of each slot, ascending along ``n``
+    * valid: bool ``[B, Hkv, n]`` False for padding tokens
+    * scores: float32 ``[B, Hkv, n]`` accumulated policy scores (stateful policies only)
 
     ``budget=None`` keeps every token (a full-cache layer with the same bookkeeping).
     """

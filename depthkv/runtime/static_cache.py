@@ -39,7 +39,8 @@ class StaticBudgetLayer(CacheLayerMixin):
     """One layer's fixed buffers.
 
     Attributes:
-        keys, values: ``[B, Hkv, budget, D]``.
+        keys: ``[B, Hkv, budget, D]``.
+        values: ``[B, Hkv, budget, D]``.
         positions: int64 ``[B, Hkv, budget]``, logical position of each slot, -1 = empty.
         scores: float32 ``[B, Hkv, budget]`` accumulated policy scores (stateful policies).
         seen: int64 scalar tensor, tokens seen (logical length), advanced by ``update``.
