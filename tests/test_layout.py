@@ -169,3 +169,15 @@ def test_no_module_is_hidden_by_a_name_its_package_exports():
         if getattr(sys.modules[parent], child, None) is not sys.modules[name]:
             hidden.append(f"{parent}.{child} is {getattr(sys.modules[parent], child)!r}, not the module")
     assert not hidden, "\n".join(hidden)
+
+
+def test_the_public_namespace_has_the_verbs_artefacts_and_errors_not_internals():
+    import depthkv
+
+    for name in depthkv.__all__:
+        assert hasattr(depthkv, name), name
+    errors = {"CorruptFileError", "FingerprintMismatch", "DepthKVUsageError", "DepthKVGraphError", "UnsupportedAttentionError"}
+    assert errors <= set(depthkv.__all__)
+    assert all(issubclass(getattr(depthkv, e), Exception) for e in errors)
+    internals = {"BudgetLayer", "allocate_from_sensitivity", "permutation_test", "attend_evict", "LayerBuffers"}
+    assert not internals & set(dir(depthkv)), "internals belong to their stage's module, not the top level"
