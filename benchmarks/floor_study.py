@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -61,8 +62,8 @@ def run(argv: list[str], steps: list[dict]) -> None:
 
 
 def study(model: str, steps: list[dict]) -> None:
-    demo = ROOT / "docs" / "demo" / model / "profile.json"
-    out = ROOT / "docs" / "floor" / model
+    demo = Path("docs") / "demo" / model / "profile.json"
+    out = Path("docs") / "floor" / model
     plans = out / "plans"
     plans.mkdir(parents=True, exist_ok=True)
     quiet = ["--no-progress"]
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tables-only", action="store_true", help="rewrite docs/floor/tables.md from the outputs")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)  # the commands (recorded in the outputs) name paths relative to the repository
     from depthkv.files import atomic_write_json, atomic_write_text
 
     if not args.tables_only:
