@@ -5,7 +5,7 @@ Run on a CUDA machine (written for an H200; finishes in a few minutes)::
     python benchmarks/gpu.py [--out benchmarks/results]
 
 1. Correctness: the Triton kernels against the PyTorch reference over a grid of awkward shapes in
-   bf16, with the tolerance of tests/test_kernels_triton.py
+   bf16, with the tolerance of tests/kernels/test_triton.py
    (``max|triton - ref64| <= 4 * max|reference_bf16 - ref64| + one bf16 ulp``).
 2. Prefill scoring overhead: ``attention_lse + window_scores`` (SnapKV window 32) against plain
    ``scaled_dot_product_attention`` (flash backend) at 8K/32K/128K tokens, Llama-8B-like heads
@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from depthkv.files import atomic_write_text  # noqa: E402
 
-C = 4.0  # tolerance multiple of PyTorch's own same-precision error (see tests/test_kernels_triton.py)
+C = 4.0  # tolerance multiple of PyTorch's own same-precision error (see tests/kernels/test_triton.py)
 WINDOW = 32  # SnapKV observation window used for the prefill scoring overhead
 
 FULL = dict(
@@ -146,7 +146,7 @@ def sdpa(q, k, v, causal: bool, flash_only: bool):
 
 
 def _err(got, same, want):
-    """(max error, PyTorch's same-precision error, tolerance), as in tests/test_kernels_triton.py."""
+    """(max error, PyTorch's same-precision error, tolerance), as in tests/kernels/test_triton.py."""
     tiny_eps = 1e-5 if got.dtype == torch.float32 else torch.finfo(got.dtype).eps
     got, same, want = got.double(), same.double(), want.double()
     err = float((got - want).abs().max()) if want.numel() else 0.0

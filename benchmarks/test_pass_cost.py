@@ -12,7 +12,7 @@ import pytest
 
 from depthkv.passes import specialize_budgets
 from depthkv.policies import PolicyConfig
-from tests.test_passes import build_graph
+from tests.helpers import build_graph
 
 
 @pytest.mark.parametrize("layers", [4, 16, 64])

@@ -10,7 +10,6 @@ other language than python, bash or text are refused, so nothing escapes these c
 
 from __future__ import annotations
 
-import hashlib
 import pkgutil
 import re
 import shlex
@@ -29,24 +28,6 @@ PAGES = [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 LANGUAGES = {"python", "bash", "text", ""}
 
-# Pages whose Python blocks fail today, each with the sha256 of those blocks and the error they end
-# in: while a page's blocks are exactly these, its test must fail with that error (xfail, strict).
-# Any edit to the blocks changes the digest, and the page then runs as a normal test. Remove an
-# entry once its page runs.
-KNOWN_FAILING: dict[str, tuple[str, type[BaseException], str]] = {
-    "README.md": (
-        "1e99aa4928056c570b0f00ef3fdf32692fd5b709805c82e55bfe0f26fe23d5f4",
-        ModuleNotFoundError,
-        "imports depthkv.tasks (now depthkv.workload); uses input_ids, mask, prompt_len it never defines",
-    ),
-    "models.md": (
-        "3b4a92bd6b0a71e3d625209c3f6d5a5ea6278e4f9e73b23aad6107e1f3ba5362",
-        ValueError,
-        "loads /tmp/tiny-llama (made by a training run) and a user's checkpoint on CUDA",
-    ),
-}
-
-
 class Block(NamedTuple):
     language: str
     line: int  # 1-based line of the block's first code line in the page
@@ -64,10 +45,6 @@ def blocks(page: Path) -> list[Block]:
 
 def python_blocks(page: Path) -> list[Block]:
     return [b for b in blocks(page) if b.language == "python"]
-
-
-def digest(page: Path) -> str:
-    return hashlib.sha256("\n".join(b.source for b in python_blocks(page)).encode()).hexdigest()
 
 
 def _name(page: Path) -> str:
@@ -102,11 +79,6 @@ def one_thread():
 @pytest.mark.parametrize("page", RUNNABLE, ids=_name)
 def test_python_blocks_run(page, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
-    known = KNOWN_FAILING.get(page.name)
-    if known is not None and digest(page) == known[0]:
-        with pytest.raises(known[1]):
-            run_page(page)
-        pytest.xfail(f"{_name(page)} fails as recorded in KNOWN_FAILING: {known[2]}")
     run_page(page)
 
 

@@ -9,7 +9,8 @@ then hands the graph to Inductor (``compile_fx``) with the ``mode=`` / ``options
 passes to custom backends (transformers' ``CompileConfig`` passes ``mode="reduce-overhead"``).
 
 The backend's kernel implementation (``impl``) is the one compiled graphs run; the eager steps of a
-:class:`~depthkv.StaticBudgetCache` (``generate``'s prefill) run the cache's ``impl``. Make the cache
+:class:`~depthkv.StaticBudgetCache` (the prefill of ``generate`` with a ``CompileConfig``, or any
+uncompiled call) run the cache's ``impl``. Make the cache
 with :meth:`DepthKVBackend.new_cache` (or after :func:`compile`) and both are the same.
 """
 
@@ -143,7 +144,7 @@ def compile(  # noqa: A001 - mirrors torch.compile
     """``torch.compile`` a model's forward with depthkv's backend; returns the model.
 
     Checks the plan against the model, switches the model to the ``depthkv`` attention implementation
-    (so eager steps — e.g. ``generate``'s prefill — also run with the budgets), and compiles
+    (so steps that run eagerly also keep the budgets), and compiles
     ``model.forward`` in place so ``model.generate`` uses it. ``compile_kwargs`` go to torch.compile.
     The backend is kept as ``model._depthkv_backend``: :meth:`StaticBudgetCache.for_model` takes
     its kernel implementation for the eager steps.

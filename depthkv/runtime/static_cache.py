@@ -10,7 +10,8 @@ serves every step.
   keys/values ``[B, Hkv, max_len, D]`` — and the model's attention (SDPA or depthkv's) reads them;
   :func:`depthkv.backend`'s FX pass rewrites that attention into ``attend_evict`` with the layer's
   budget as a literal.
-* Eagerly (e.g. ``generate``'s prefill, which transformers keeps eager), the depthkv attention
+* Eagerly (e.g. the prefill of ``generate`` with a ``CompileConfig``, which transformers keeps eager,
+  or any uncompiled call), the depthkv attention
   implementation calls :func:`depthkv.kernels.attend_evict` with the cache's kernel implementation
   (``impl``, the backend's when the model was compiled with :func:`depthkv.compile`), so eager and
   compiled steps run the same kernels.
