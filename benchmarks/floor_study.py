@@ -119,6 +119,12 @@ def tables(models: list[str]) -> str:
         for k, budget in enumerate(score["ablation_budgets"]):
             means = [sum(row[i] for row in deg[k]) / len(deg[k]) for i in range(n_layers)]
             lines.append(f"| {budget} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+        one_pct = out / "profile-nll-1pct.json"
+        if one_pct.exists():  # the same layers by answer NLL (nats) at 1% of the context
+            nll = json.loads(one_pct.read_text())
+            k = nll["ablation_budgets"].index(0.01)
+            means = [sum(row[i] for row in nll["degradation"][k]) / len(nll["degradation"][k]) for i in range(n_layers)]
+            lines.append("| 0.01, `nll` (nats) | " + " | ".join(f"{m:.3f}" for m in means) + " |")
         lines += ["", f"Evaluation split, {methods['full']['n']} examples; full cache {methods['full']['mean']:.3f}.", "",
                   "| plan | budgets | accuracy [95% CI] |", "|---|---|---|"]
         for name, plan in ev["plans"].items():
