@@ -26,7 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check depthkv tests benchmarks training
 	$(PY) -m pytest tests $(TEST_ARGS)
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir "$$(mktemp -d)"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir "$$(mktemp -d)"
 
 # On a CUDA machine: the kernel and compiler tests natively on the GPU (fails without CUDA).
 test-gpu: $(STAMP)
