@@ -53,18 +53,11 @@ def test_the_command_line_runs_on_a_checkpoint_folder(tmp_path, capsys, monkeypa
     """``python -m training.diagnose --model DIR``: loads the checkpoint, prints one table per task
     with a row per item count."""
     from depthkv.workload import ByteTokenizer
+    from tests.training.test_train import SMALL
     from training import diagnose
     from training import train as T
 
-    small = dict(
-        family="llama",
-        num_hidden_layers=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    monkeypatch.setitem(T.PRESETS, "tiny-llama", small)
+    monkeypatch.setitem(T.PRESETS, "tiny-llama", SMALL)
     T.save_model(T.model_at(T.TrainConfig(name="tiny-llama"), 1), ByteTokenizer(), tmp_path / "model")
     diagnose.main(["--model", str(tmp_path / "model"), "--length", "128", "--n", "2", "--counts", "2", "3"])
     out = capsys.readouterr().out
