@@ -42,6 +42,7 @@ __all__ = [
     "distinct_policies",
     "encode_example",
     "encode_text",
+    "policy_of",
     "workload_items",
 ]
 
@@ -117,10 +118,15 @@ def encode_example(
     return ctx, rest, encode_text(tokenizer, answer, False)
 
 
+def policy_of(plan: Plan | None) -> PolicyConfig:
+    """The eviction policy a plan runs with; ``None`` (the full cache) runs with the default one."""
+    return PolicyConfig() if plan is None else plan.policy
+
+
 def distinct_policies(plans: Iterable[Plan | None]) -> list[PolicyConfig]:
-    """The eviction policies of ``plans`` without repeats (equal configurations are one policy),
-    in first-seen order; ``None`` (the full cache) counts as the default policy."""
-    return list(dict.fromkeys(PolicyConfig() if plan is None else plan.policy for plan in plans))
+    """The eviction policies of ``plans`` (:func:`policy_of`) without repeats (equal configurations
+    are one policy), in first-seen order."""
+    return list(dict.fromkeys(policy_of(plan) for plan in plans))
 
 
 class Engine:

@@ -18,10 +18,16 @@ import torch
 from tqdm.auto import tqdm
 
 from depthkv.allocation import allocate
-from depthkv.calibration.engine import Engine, check_compress, distinct_policies, encode_text, workload_items
+from depthkv.calibration.engine import (
+    Engine,
+    check_compress,
+    distinct_policies,
+    encode_text,
+    policy_of,
+    workload_items,
+)
 from depthkv.calibration.metrics import default_scorer
 from depthkv.calibration.stats import bootstrap_mean_ci
-from depthkv.policies import PolicyConfig
 from depthkv.profile import Budget, Plan
 from depthkv.runtime.attention import depthkv_attention_enabled
 
@@ -113,7 +119,7 @@ def evaluate(
             for item in items:
                 runs = {pol: engine.run(item) for pol, engine in engines.items()}
                 for name, plan in methods.items():
-                    run = runs[PolicyConfig() if plan is None else plan.policy]
+                    run = runs[policy_of(plan)]
                     budgets = [None] * run.engine.n_layers if plan is None else plan.budgets_for(run.context_tokens)
                     tokens = run.generate(run.cache_for(budgets), len(run.answer) + extra_tokens, stop)
                     prediction = tokenizer.decode(tokens, skip_special_tokens=True)
