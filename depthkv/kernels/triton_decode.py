@@ -44,6 +44,8 @@ from .triton_prefill import (
     dot_flags,
     interp_block,
     is_interpreted,
+    load_kv_tile,
+    online_softmax_step,
     output,
 )
 
@@ -88,30 +90,13 @@ def _decode_partial(
         in_n = tl.arange(0, BLOCK_N)
         cols = n0 + in_n
         kmask = cols < end
-        # Block offsets in int64 (pointer arithmetic), in-block offsets in int32: no wrap at 2**31.
+        kt, v = load_kv_tile(k_base, v_base, n0, in_n, kmask, offs_d, dmask, skn, skd, svn, svd, UPCAST)
         n64 = tl.cast(n0, tl.int64)
-        kt = tl.load(
-            k_base + n64 * skn + offs_d[:, None] * skd + in_n[None, :] * skn,
-            mask=dmask[:, None] & kmask[None, :], other=0.0,
-        )
-        v = tl.load(
-            v_base + n64 * svn + in_n[:, None] * svn + offs_d[None, :] * svd,
-            mask=kmask[:, None] & dmask[None, :], other=0.0,
-        )
         ok = kmask & (tl.load(Valid + b * sab + c * sah + n64 * san + in_n * san, mask=kmask, other=0) != 0)
-        if UPCAST:
-            kt = kt.to(tl.float32)
-            v = v.to(tl.float32)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         s = tl.where(ok[None, :], s, float("-inf"))
         tl.store(logit_rows + cols[None, :], s, mask=rmask[:, None] & kmask[None, :])
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, s, v, PRECISION)
     seen = l_i > 0
     part = (bc * NSPLIT + pid_s) * ROWS + rows
     lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))

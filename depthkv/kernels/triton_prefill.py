@@ -96,6 +96,42 @@ def output(t: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, d
 
 
 @triton.jit
+def load_kv_tile(
+    k_base, v_base, n0, in_n, kmask, offs_d, dmask, skn, skd, svn, svd, UPCAST: tl.constexpr,
+):
+    """``K^T [BLOCK_D, BLOCK_N]`` and ``V [BLOCK_N, BLOCK_D]`` of slots ``n0 + in_n`` (masked ones 0),
+    upcast to fp32 when ``UPCAST``. Block offsets in int64 (pointer arithmetic), in-block offsets in
+    int32: no wrap at 2**31 elements."""
+    n64 = tl.cast(n0, tl.int64)
+    kt = tl.load(
+        k_base + n64 * skn + offs_d[:, None] * skd + in_n[None, :] * skn,
+        mask=dmask[:, None] & kmask[None, :], other=0.0,
+    )
+    v = tl.load(
+        v_base + n64 * svn + in_n[:, None] * svn + offs_d[None, :] * svd,
+        mask=kmask[:, None] & dmask[None, :], other=0.0,
+    )
+    if UPCAST:
+        kt = kt.to(tl.float32)
+        v = v.to(tl.float32)
+    return kt, v
+
+
+@triton.jit
+def online_softmax_step(acc, l_i, m_i, s, v, PRECISION: tl.constexpr):
+    """One tile of the online softmax (log2 domain): logits ``s [BLOCK_M, BLOCK_N]`` (``-inf`` where
+    masked) and values ``v`` fold into the running max ``m_i``, sum ``l_i`` and output ``acc``."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # A row that has seen no key yet keeps max -inf; shift by 0 so exp2 gives 0, not NaN.
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _attn_blocks(
     acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, lo, hi, qpos, SK, D, qk_scale,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -107,33 +143,14 @@ def _attn_blocks(
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         kmask = cols < SK
-        # Block offsets in int64 (pointer arithmetic), in-block offsets in int32: no wrap at 2**31.
-        n64 = tl.cast(start_n, tl.int64)
-        kt = tl.load(
-            k_base + n64 * skn + offs_d[:, None] * skd + offs_n[None, :] * skn,
-            mask=dmask[:, None] & kmask[None, :], other=0.0,
-        )
-        v = tl.load(
-            v_base + n64 * svn + offs_n[:, None] * svn + offs_d[None, :] * svd,
-            mask=kmask[:, None] & dmask[None, :], other=0.0,
-        )
-        if UPCAST:
-            kt = kt.to(tl.float32)
-            v = v.to(tl.float32)
+        kt, v = load_kv_tile(k_base, v_base, start_n, offs_n, kmask, offs_d, dmask, skn, skd, svn, svd, UPCAST)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         if MASKED:
             ok = kmask[None, :]
             if CAUSAL:
                 ok = ok & (cols[None, :] <= qpos[:, None])
             s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row that has seen no key yet keeps max -inf; shift by 0 so exp2 gives 0, not NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
+        acc, l_i, m_i = online_softmax_step(acc, l_i, m_i, s, v, PRECISION)
     return acc, l_i, m_i
 
 
