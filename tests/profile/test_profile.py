@@ -95,17 +95,3 @@ def test_atomic_save_keeps_old_file_on_failure(model, tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Profile.load(tmp_path / "nope.json")
-
-
-def test_atomic_write_gives_the_mode_a_plain_write_would(tmp_path):
-    import os
-
-    from depthkv.files import atomic_write_text
-
-    old = os.umask(0o022)
-    try:
-        path = atomic_write_text(tmp_path / "a.json", "{}\n")
-        (tmp_path / "plain.json").write_text("{}\n")
-    finally:
-        os.umask(old)
-    assert path.stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o644
