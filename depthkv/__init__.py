@@ -27,6 +27,7 @@ from depthkv.models import load_model
 from depthkv.passes import UnsupportedAttentionError
 from depthkv.policies import POLICIES, PolicyConfig
 from depthkv.profile import METRICS, FingerprintMismatch, ModelFingerprint, Plan, Profile, fingerprint
+from depthkv.profile.fingerprints import UnsupportedModelError
 from depthkv.runtime import (
     BudgetCache,
     DepthKVModel,
@@ -73,6 +74,7 @@ __all__ = [
     # errors a user can meet
     "CorruptFileError",
     "FingerprintMismatch",
+    "UnsupportedModelError",
     "DepthKVUsageError",
     "DepthKVGraphError",
     "UnsupportedAttentionError",

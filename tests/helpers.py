@@ -15,7 +15,11 @@ from torch import fx
 import depthkv
 from depthkv.kernels.custom_ops import stage_op
 
-FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3")
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3", "gemma3", "mistral-sliding")
+# Families with sliding-window layers (window WINDOW): Gemma 3 (every third layer full attention,
+# the others sliding, its own softmax scale) and Mistral with a sliding window on every layer.
+HYBRID = ("gemma3", "mistral-sliding")
+WINDOW = 16
 
 
 def tiny_config(family: str, layers: int = 3, heads: int = 4, kv_heads: int = 2, head_dim: int = 16):
@@ -37,15 +41,25 @@ def tiny_config(family: str, layers: int = 3, heads: int = 4, kv_heads: int = 2,
         "qwen2": tf.Qwen2Config,
         "qwen3": tf.Qwen3Config,
         "mistral": tf.MistralConfig,
+        "mistral-sliding": tf.MistralConfig,
         "gemma": tf.GemmaConfig,
+        "gemma3": tf.Gemma3TextConfig,
         "phi3": tf.Phi3Config,
     }[family]
     extra = {}
-    if family in ("qwen3", "gemma", "mistral"):
+    if family in ("qwen3", "gemma", "mistral", "mistral-sliding", "gemma3"):
         extra["head_dim"] = head_dim
     if family in ("qwen2", "qwen3", "mistral"):
         extra["sliding_window"] = None
         extra["use_sliding_window"] = False
+    if family == "mistral-sliding":
+        extra["sliding_window"] = WINDOW
+    if family == "gemma3":
+        extra.update(
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=24,
+            layer_types=["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(layers)],
+        )
     config = cls(**common, **extra)
     if family == "mistral":
         config.sliding_window = None

@@ -176,7 +176,14 @@ def test_the_public_namespace_has_the_verbs_artefacts_and_errors_not_internals()
 
     for name in depthkv.__all__:
         assert hasattr(depthkv, name), name
-    errors = {"CorruptFileError", "FingerprintMismatch", "DepthKVUsageError", "DepthKVGraphError", "UnsupportedAttentionError"}
+    errors = {
+        "CorruptFileError",
+        "FingerprintMismatch",
+        "UnsupportedModelError",
+        "DepthKVUsageError",
+        "DepthKVGraphError",
+        "UnsupportedAttentionError",
+    }
     assert errors <= set(depthkv.__all__)
     assert all(issubclass(getattr(depthkv, e), Exception) for e in errors)
     internals = {"BudgetLayer", "allocate_from_sensitivity", "permutation_test", "attend_evict", "LayerBuffers"}

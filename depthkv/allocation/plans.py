@@ -51,16 +51,23 @@ def _plan(
             f"({policy.name}: window {policy.window}{sinks}); raise the budget to at least {floor} tokens per "
             f"layer{relative_floor} or use a smaller observation window"
         )
+    metadata: dict[str, Any] = {"total": total}
+    limits, room = _layer_caps(fp, max_tokens, n_layers)
+    if room is not None and total > room:
+        # Sliding-window layers cannot use more than their window: the plan holds what the layers can.
+        metadata.update(total=room, requested_total=total)
+        total = room
     budgets = allocate_from_sensitivity(
         sensitivity,
         total,
         strategy,
         floor=floor,
-        max_tokens=max_tokens,
+        max_tokens=limits,
         temperature=temperature,
         window=policy.window,
         curves=curves,
     )
+    metadata["sensitivity"] = [float(s) for s in sensitivity]
     return Plan(
         budgets=[int(b) for b in budgets],
         strategy=strategy,
@@ -70,8 +77,24 @@ def _plan(
         context_length=round_tokens(context_length) if context_length else None,
         relative=relative,
         fingerprint=fp,
-        metadata={"total": total, "sensitivity": [float(s) for s in sensitivity]},
+        metadata=metadata,
     )
+
+
+def _layer_caps(fp: Any, max_tokens: int | None, n_layers: int) -> tuple[Any, int | None]:
+    """The per-layer caps for the strategies, and the tokens all layers can hold.
+
+    A model without sliding-window layers has one cap, ``max_tokens`` (a total above it is an error).
+    A hybrid model's sliding layer is capped at its window (and ``max_tokens``), so the rest of the
+    global budget goes to the layers that can use it, and a total above what all layers can hold is
+    cut to that (``room``; None when unlimited).
+    """
+    windows = None if fp is None else fp.layer_windows
+    if windows is None:
+        return max_tokens, None
+    caps = [max_tokens if w is None else (w if max_tokens is None else min(w, max_tokens)) for w in windows]
+    room = None if None in caps else int(sum(caps))
+    return caps, room
 
 
 def allocate(

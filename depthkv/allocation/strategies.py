@@ -53,7 +53,7 @@ def allocate_from_sensitivity(
     strategy: str = "proportional",
     *,
     floor: int = 0,
-    max_tokens: int | None = None,
+    max_tokens=None,
     temperature: float = 1.0,
     window: int = 0,
     beta: float = 20.0,
@@ -68,7 +68,8 @@ def allocate_from_sensitivity(
         total: total tokens over all layers (average per-layer budget × ``L``), an integer.
         strategy: one of :data:`STRATEGIES`.
         floor: minimum tokens of every layer (e.g. sink + observation window).
-        max_tokens: maximum tokens of every layer (e.g. the context length); ``None`` = no cap.
+        max_tokens (int or sequence): maximum tokens of every layer (e.g. the context length), or one
+            per layer (e.g. a sliding-window layer's window; ``None`` entries uncapped); ``None`` = no cap.
         temperature: ``softmax`` only; > 0. Large → uniform, small → all on the most sensitive layer.
         window: ``pyramid`` only; PyramidKV's observation window ``w`` (tokens kept on top of the
             pyramid in every layer); ``0 <= window <= total / L``.
@@ -92,13 +93,19 @@ def allocate_from_sensitivity(
         )
     s = _check_sensitivity(sensitivity)
     n = s.shape[0]
-    total, floor, max_tokens = check_total(total, n, floor, max_tokens)
+    total, floor, caps = check_total(total, n, floor, max_tokens)
     lo = np.full(n, floor, dtype=np.int64)
-    hi = upper_bounds(n, total, floor, max_tokens)
+    hi = upper_bounds(n, total, floor, caps)
 
     if strategy == "pyramid":
         window, beta = _check_pyramid_args(window, beta, total, n)
-        targets = _pyramid_targets(n, total, window=window, beta=beta, floor=floor, max_tokens=max_tokens)
+        if caps is not None and np.any(caps != caps[0]):
+            # Per-layer caps (sliding-window layers): the schedule as if uncapped, then the capped
+            # layers' excess spread over the others in proportion to their targets.
+            targets = _pyramid_targets(n, total, window=window, beta=beta, floor=floor, max_tokens=None)
+            return apportion_bounded(targets, total, lo, hi, priority=targets)
+        cap = None if caps is None else int(caps[0])
+        targets = _pyramid_targets(n, total, window=window, beta=beta, floor=floor, max_tokens=cap)
         return largest_remainder(targets, total, lo, hi, priority=targets)
     if strategy == "greedy":
         points, degradation = _check_curves(curves, n)

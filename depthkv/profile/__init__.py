@@ -11,7 +11,12 @@ Both files are versioned JSON (:mod:`~depthkv.profile.schema`) written atomicall
 """
 
 from depthkv.profile.budget import Budget, budget_tokens, check_budget, parse_budget, round_tokens
-from depthkv.profile.fingerprints import FingerprintMismatch, ModelFingerprint, fingerprint
+from depthkv.profile.fingerprints import (
+    FingerprintMismatch,
+    ModelFingerprint,
+    UnsupportedModelError,
+    fingerprint,
+)
 from depthkv.profile.plan import Plan
 from depthkv.profile.profile import METRICS, Profile
 
@@ -22,6 +27,7 @@ __all__ = [
     "ModelFingerprint",
     "Plan",
     "Profile",
+    "UnsupportedModelError",
     "budget_tokens",
     "check_budget",
     "fingerprint",

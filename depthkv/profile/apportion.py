@@ -20,11 +20,12 @@ __all__ = [
     "as_finite_vector",
     "check_total",
     "largest_remainder",
+    "layer_caps",
     "upper_bounds",
 ]
 
 
-def apportion(weights, total: int, floor: int = 0, max_tokens: int | None = None) -> np.ndarray:
+def apportion(weights, total: int, floor: int = 0, max_tokens=None) -> np.ndarray:
     """Split ``total`` integer tokens over layers in proportion to ``weights``, within bounds.
 
     Math (CAKE-style cap-and-redistribute, then Hamilton rounding), with ``R = total - L·floor`` and
@@ -46,12 +47,14 @@ def apportion(weights, total: int, floor: int = 0, max_tokens: int | None = None
     Args:
         weights (array_like): non-negative finite float array ``[L]``. All zeros is treated as equal
             weights.
-        total: total tokens to hand out, an integer with ``L·floor <= total <= L·max_tokens``.
+        total: total tokens to hand out, an integer with ``L·floor <= total <= Σ_l max_tokens_l``.
         floor: minimum tokens per layer.
-        max_tokens: maximum tokens per layer, ``None`` = no cap.
+        max_tokens (int or sequence): maximum tokens per layer: one int for every layer, one entry
+            per layer (``None`` entries uncapped; e.g. a sliding-window layer's window), or ``None``
+            for no cap.
 
     Returns:
-        int64 array ``[L]`` with sum exactly ``total`` and entries in ``[floor, max_tokens]``.
+        int64 array ``[L]`` with sum exactly ``total`` and entries in ``[floor, max_tokens_l]``.
     """
     w = as_finite_vector(weights, "weights")
     if np.any(w < 0):
@@ -160,7 +163,21 @@ def as_count(value, name: str) -> int:
     return count
 
 
-def check_total(total, n: int, floor, max_tokens) -> tuple[int, int, int | None]:
+def layer_caps(max_tokens, n: int) -> np.ndarray | None:
+    """``max_tokens`` as per-layer int64 caps ``[L]`` (``None`` entries: the int64 maximum), or None."""
+    if max_tokens is None:
+        return None
+    if np.ndim(max_tokens) == 0:
+        return np.full(n, as_count(max_tokens, "max_tokens"), dtype=np.int64)
+    values = list(max_tokens)
+    if len(values) != n:
+        raise ValueError(f"max_tokens has {len(values)} entries for {n} layers; give one per layer, or one int")
+    top = np.iinfo(np.int64).max
+    return np.array([top if v is None else as_count(v, f"max_tokens[{i}]") for i, v in enumerate(values)], dtype=np.int64)
+
+
+def check_total(total, n: int, floor, max_tokens) -> tuple[int, int, np.ndarray | None]:
+    """Validate ``total``, ``floor`` and ``max_tokens``; returns ``(total, floor, caps [L] or None)``."""
     total = as_count(total, "total")
     floor = as_count(floor, "floor")
     if total < n * floor:
@@ -168,23 +185,28 @@ def check_total(total, n: int, floor, max_tokens) -> tuple[int, int, int | None]
             f"total budget {total} tokens is below the floor: {n} layers × floor {floor} = {n * floor}; "
             "raise the budget or lower the floor"
         )
-    if max_tokens is None:
+    caps = layer_caps(max_tokens, n)
+    if caps is None:
         return total, floor, None
-    max_tokens = as_count(max_tokens, "max_tokens")
-    if floor > max_tokens:
+    low = np.flatnonzero(caps < floor)
+    if low.size:
+        where = "" if np.all(caps == caps[0]) else f" (layer {int(low[0])})"
         raise ValueError(
-            f"floor {floor} is above max_tokens {max_tokens}; the per-layer bounds must satisfy "
+            f"floor {floor} is above max_tokens {int(caps[low[0]])}{where}; the per-layer bounds must satisfy "
             "floor <= max_tokens"
         )
-    if total > n * max_tokens:
+    room = int(caps.sum()) if np.all(caps < np.iinfo(np.int64).max) else None
+    if room is not None and total > room:
+        cap_text = f"{n} layers × max_tokens {int(caps[0])}" if np.all(caps == caps[0]) else "the layers' caps"
         raise ValueError(
-            f"total budget {total} tokens is above the cap: {n} layers × max_tokens {max_tokens} = "
-            f"{n * max_tokens}; lower the budget or raise max_tokens"
+            f"total budget {total} tokens is above the cap: {cap_text} = {room}; lower the budget or raise max_tokens"
         )
-    return total, floor, max_tokens
+    return total, floor, caps
 
 
-def upper_bounds(n: int, total: int, floor: int, max_tokens: int | None) -> np.ndarray:
-    # No layer can exceed what is left once every other layer has its floor.
+def upper_bounds(n: int, total: int, floor: int, caps: np.ndarray | None) -> np.ndarray:
+    """Per-layer upper bounds ``[L]``: the caps, and no layer above what is left once every other layer
+    has its floor."""
     top = total - (n - 1) * floor
-    return np.full(n, top if max_tokens is None else min(top, max_tokens), dtype=np.int64)
+    bounds = np.full(n, top, dtype=np.int64)
+    return bounds if caps is None else np.minimum(bounds, caps)

@@ -2,7 +2,11 @@
 
 A fingerprint is taken from a model's config only (never its weights), so it is cheap and works for
 models built from configs. Two models with the same fingerprint have the same attention geometry
-(layers, heads, KV heads, head dim) and the same config hash.
+(layers, heads, KV heads, head dim, the window of each sliding-window layer) and the same config hash.
+
+Fingerprinting is also where depthkv refuses a model it cannot run correctly, before any work:
+attention logit soft-capping (Gemma 2), bidirectional attention, or layer types other than full and
+sliding-window attention raise :class:`UnsupportedModelError` naming the family and the feature.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ class FingerprintMismatch(ValueError):
     """A profile or plan was made for a different model than the one it is applied to."""
 
 
+class UnsupportedModelError(ValueError):
+    """The model uses an attention feature depthkv cannot run with per-layer budgets."""
+
+
 @dataclass(frozen=True)
 class ModelFingerprint:
     """Attention geometry and config hash of a causal LM."""
@@ -51,17 +59,32 @@ class ModelFingerprint:
     hidden_size: int
     vocab_size: int
     config_hash: str
+    # The attention window of each layer (None: full attention), or None when every layer attends to
+    # the whole context; files written before hybrid models were supported have no such field.
+    layer_windows: tuple[int | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.layer_windows is not None:
+            object.__setattr__(self, "layer_windows", tuple(self.layer_windows))
+
+    @property
+    def is_hybrid(self) -> bool:
+        """True when some layers attend to a sliding window (Gemma 3, Mistral with ``sliding_window``)."""
+        return self.layer_windows is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["layer_windows"] = None if self.layer_windows is None else list(self.layer_windows)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelFingerprint:
-        names = [f.name for f in fields(cls)]
+        names = [f.name for f in fields(cls) if f.name != "layer_windows"]
         missing = [n for n in names if n not in data]
         if missing:
             raise ValueError(f"model fingerprint is missing fields {missing}; expected all of {names}")
-        return cls(**{n: data[n] for n in names})
+        windows = data.get("layer_windows")
+        return cls(**{n: data[n] for n in names}, layer_windows=None if windows is None else tuple(windows))
 
     def differences(self, other: ModelFingerprint) -> list[str]:
         """Human-readable list of fields that differ: ``"num_layers: profile has 4, model has 32"``."""
@@ -98,7 +121,10 @@ def config_hash(config: Any) -> str:
 def fingerprint(model_or_config: Any) -> ModelFingerprint:
     """Fingerprint of a ``transformers`` causal LM (or its config).
 
-    Raises ``ValueError`` if the config lacks the attention geometry depthkv needs.
+    Raises:
+        ValueError: the config lacks the attention geometry depthkv needs.
+        UnsupportedModelError: the model uses an attention feature depthkv cannot run
+            (:func:`check_supported`).
     """
     config = getattr(model_or_config, "config", model_or_config)
     text = _text_config(config)
@@ -111,6 +137,7 @@ def fingerprint(model_or_config: Any) -> ModelFingerprint:
             f"cannot fingerprint {type(config).__name__}: it has no {exc.name!r}; depthkv supports decoder-only "
             "transformers causal LMs with num_hidden_layers / num_attention_heads / hidden_size in their config"
         ) from None
+    check_supported(text)
     kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
     archs = getattr(config, "architectures", None) or []
@@ -129,6 +156,7 @@ def fingerprint(model_or_config: Any) -> ModelFingerprint:
         hidden_size=hidden,
         vocab_size=int(getattr(text, "vocab_size", 0) or 0),
         config_hash=config_hash(text),
+        layer_windows=attention_windows(text, layers),
     )
 
 
@@ -137,3 +165,44 @@ def as_fingerprint(model_or_fingerprint: Any) -> ModelFingerprint:
     if isinstance(model_or_fingerprint, ModelFingerprint):
         return model_or_fingerprint
     return fingerprint(model_or_fingerprint)
+
+
+def attention_windows(text_config: Any, num_layers: int) -> tuple[int | None, ...] | None:
+    """Each layer's attention window (None: full attention), or None when no layer has one.
+
+    From ``config.layer_types`` (``"sliding_attention"`` layers get ``config.sliding_window``) or, for
+    configs without layer types (Mistral), ``config.sliding_window`` for every layer.
+    """
+    window = getattr(text_config, "sliding_window", None)
+    types = getattr(text_config, "layer_types", None)
+    if types is not None:
+        windows = tuple(int(window) if t == "sliding_attention" else None for t in types[:num_layers])
+    elif window is not None:
+        windows = (int(window),) * num_layers
+    else:
+        windows = (None,) * num_layers
+    return windows if any(w is not None for w in windows) else None
+
+
+_SUPPORTED_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def check_supported(text_config: Any) -> None:
+    """Raise :class:`UnsupportedModelError` for attention features depthkv cannot run correctly."""
+    family = str(getattr(text_config, "model_type", type(text_config).__name__))
+    if getattr(text_config, "attn_logit_softcapping", None) is not None:
+        raise UnsupportedModelError(
+            f"{family} soft-caps its attention logits (attn_logit_softcapping="
+            f"{text_config.attn_logit_softcapping}); depthkv's attention does not, so its outputs would differ. "
+            "Models without soft-capping (Gemma 3, Llama, Qwen, Mistral, ...) are supported"
+        )
+    if getattr(text_config, "use_bidirectional_attention", False):
+        raise UnsupportedModelError(f"{family} uses bidirectional attention; depthkv supports causal language models")
+    types = getattr(text_config, "layer_types", None) or []
+    other = sorted({t for t in types if t not in _SUPPORTED_LAYER_TYPES})
+    if other:
+        raise UnsupportedModelError(
+            f"{family} has layers of type {other}; depthkv supports {list(_SUPPORTED_LAYER_TYPES)}"
+        )
+    if "sliding_attention" in types and getattr(text_config, "sliding_window", None) is None:
+        raise UnsupportedModelError(f"{family} has sliding-window layers but no sliding_window in its config")

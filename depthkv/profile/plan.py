@@ -93,9 +93,22 @@ class Plan(JsonArtefact):
         return [i for i, b in enumerate(self.budgets) if b is None]
 
     @property
+    def caps(self) -> list[int | None]:
+        """The most tokens each layer can use: a sliding-window layer's window (from the fingerprint),
+        ``None`` (no cap) for a full-attention layer."""
+        windows = None if self.fingerprint is None else self.fingerprint.layer_windows
+        return list(windows) if windows is not None else [None] * self.n_layers
+
+    @property
     def total(self) -> int | None:
-        """Tokens over all layers at ``context_length``; None when a layer keeps every token."""
-        return None if self.full_layers else int(sum(self.budgets))
+        """Tokens over all layers at ``context_length`` (a sliding layer counts at most its window);
+        None when a full-attention layer keeps every token."""
+        budgets = self._capped(self.budgets)
+        return None if None in budgets else int(sum(budgets))
+
+    def _capped(self, budgets: list[int | None]) -> list[int | None]:
+        """Each budget at most its layer's cap; a full (``None``) sliding layer keeps its window."""
+        return [cap if b is None else (b if cap is None else min(b, cap)) for b, cap in zip(budgets, self.caps)]
 
     def budgets_for(self, context_length: int | None) -> list[int | None]:
         """The budgets for a prompt of ``context_length`` tokens: the one place a plan is resolved.
@@ -104,12 +117,15 @@ class Plan(JsonArtefact):
         fraction: the total becomes ``round_tokens(total * context_length / self.context_length)``,
         apportioned in proportion to the planned budgets (largest remainder, exact sum), never below
         ``floor``; if the fraction would give less than ``floor`` per layer, every layer keeps ``floor``.
+        Either way no layer gets more than its cap (:attr:`caps`: a sliding-window layer never holds
+        more than its window); what a capped layer cannot use goes to the others, and a total above
+        what the layers can hold is cut to it.
 
         Raises:
             ValueError: a relative plan without ``context_length``.
         """
         if not self.relative:
-            return list(self.budgets)
+            return self._capped(list(self.budgets))
         if context_length is None:
             raise ValueError(
                 "this plan's budget is a fraction of the context (a relative plan): give context_length, the "
@@ -117,10 +133,18 @@ class Plan(JsonArtefact):
                 "or allocate with a token budget"
             )
         if context_length == self.context_length:
-            return list(self.budgets)
-        total = round_tokens(self.total * context_length / self.context_length)
+            return self._capped(list(self.budgets))
+        total = round_tokens(sum(self.budgets) * context_length / self.context_length)
         total = max(total, self.floor * self.n_layers)
-        return [int(x) for x in apportion(np.asarray(self.budgets, dtype=np.float64), total, floor=self.floor)]
+        caps = self.caps
+        if any(cap is not None for cap in caps):
+            room = sum(total if cap is None else cap for cap in caps)
+            total = min(total, room)
+            limits: list[int | None] | None = caps
+        else:
+            limits = None
+        weights = np.asarray(self.budgets, dtype=np.float64)
+        return [int(x) for x in apportion(weights, total, floor=self.floor, max_tokens=limits)]
 
     def check_model(self, model: Any) -> None:
         """Raise if the plan does not fit ``model`` (layer count always; full fingerprint when recorded)."""

@@ -101,11 +101,6 @@ def depthkv_attention(
         )
         return out.transpose(1, 2).contiguous(), None
     layer = take_active_layer()
-    if kwargs.get("sliding_window") is not None:
-        raise NotImplementedError(
-            f"layer {getattr(module, 'layer_idx', '?')} uses sliding-window attention, which depthkv does not "
-            "prune yet; use a model whose layers all use full attention"
-        )
     if isinstance(layer, StaticBudgetLayer):
         return layer.attend(query, attention_mask, scaling).transpose(1, 2).contiguous(), None
     if layer is None or key is not layer.keys:

@@ -11,7 +11,7 @@ import depthkv
 from depthkv import Profile, StaticBudgetCache, backend, greedy_generate
 from depthkv.passes import UnsupportedAttentionError
 from depthkv.runtime.attention import use_depthkv_attention
-from tests.helpers import FAMILIES, set_attention_scale, tiny_model
+from tests.helpers import FAMILIES, HYBRID, WINDOW, set_attention_scale, tiny_model
 
 PROMPT, NEW = 40, 8
 
@@ -84,14 +84,18 @@ def assert_equivalent(ref, got):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pass_rewrites_every_layer_of_real_models(family):
+    """Every attention node gets its layer's budget; a sliding-window layer's is capped at its window."""
     model = tiny_model(family)
     plan = depthkv.plan_from_budgets(model, [10, 24, 17])
+    budgets = plan.budgets_for(None)
+    expected = [min(b, WINDOW) if cap else b for b, cap in zip([10, 24, 17], plan.caps)]
+    assert budgets == expected and (expected != [10, 24, 17]) == (family in HYBRID)
     ids, _ = _batch(1)
     tokens, _, cache, be = compiled_run(model, plan, ids, None, inner="eager", fullgraph=True)
     assert len(be.reports) == 2  # prefill graph + decode graph
     for report in be.reports:
-        assert report.rewritten == {0: 10, 1: 24, 2: 17}
-    assert cache.held_tokens() == [10, 24, 17]
+        assert report.rewritten == dict(enumerate(budgets))
+    assert cache.held_tokens() == budgets
     ref = eager_reference(model, plan, ids, None)
     assert torch.equal(tokens, ref[0])
 
@@ -162,9 +166,13 @@ def test_inductor_matches_eager(llama):
     assert_equivalent(ref, compiled_run(llama, plan, ids, None, inner="inductor")[:2])
 
 
-def test_no_recompiles_over_200_decode_steps_and_static_storage(llama):
-    budgets = [10, 24, 17]
-    plan = depthkv.plan_from_budgets(llama, budgets, policy="h2o")
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_no_recompiles_over_200_decode_steps_and_static_storage(family):
+    """One decode graph for 200 steps (a sliding-window model too: its layers' masks move with the
+    window), buffers never reallocated, KV bytes those of the (capped) budgets."""
+    llama = tiny_model(family)
+    plan = depthkv.plan_from_budgets(llama, [10, 24, 17], policy="h2o")
+    budgets = plan.budgets_for(None)
     compiled = torch.compile(llama, backend=backend(plan, inner="aot_eager"), fullgraph=True)
     cache = StaticBudgetCache.for_model(llama, plan, max_len=PROMPT + 201)
     before = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers]

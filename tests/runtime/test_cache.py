@@ -116,7 +116,8 @@ def test_positions_after_pruning_equal_unpruned(models):
 
 
 @pytest.mark.parametrize(
-    "family, policy", [("llama", p) for p in DETERMINISTIC] + [("gemma", "snapkv"), ("qwen3", "h2o")]
+    "family, policy",
+    [("llama", p) for p in DETERMINISTIC] + [("gemma", "snapkv"), ("qwen3", "h2o"), ("gemma3", "snapkv"), ("gemma3", "h2o")],
 )
 def test_batched_left_padded_equals_one_by_one(models, family, policy):
     model = models[family]
