@@ -64,7 +64,7 @@ def _first_prefill(kern, policy, q, k_new, v_new, buffers: LayerBuffers, scaling
     m = k_new.shape[2]
     out, lse = kern.attention_lse(q, k_new, v_new, scaling, causal=True)
     if policy.name == "snapkv":
-        new_scores = pool(kern.window_scores(q, k_new, lse, scaling, max(policy.window, 1)), policy.kernel)
+        new_scores = pool(kern.window_scores(q, k_new, lse, scaling, max(policy.window, 1)), policy.kernel, policy.window)
     elif policy.name == "h2o":
         new_scores = kern.h2o_scores(q, k_new, lse, scaling)
     elif policy.name == "tova":

@@ -120,37 +120,35 @@ def _summed_probs(q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, scali
     return total
 
 
-def _avg_pool(x: torch.Tensor, kernel: int) -> torch.Tensor:
-    b, hkv, n = x.shape
-    pooled = F.avg_pool1d(
-        x.reshape(b * hkv, 1, n), kernel_size=kernel, stride=1, padding=kernel // 2, count_include_pad=False
-    )
-    return pooled.reshape(b, hkv, n)
+def pool(scores: torch.Tensor, kernel: int, window: int) -> torch.Tensor:
+    """SnapKV's pooling, as published: 1-D average pooling of the slots *before* the observation window.
 
+    The last ``window`` slots (the observation window, kept whatever their score) are left as they
+    are; the slots before them are averaged over ``kernel`` neighbours with stride 1 and zero padding
+    of ``kernel // 2`` on both sides of that segment, the padding counted in the average
+    (``avg_pool1d``'s default ``count_include_pad=True``), exactly as the original SnapKV code and
+    kvpress do. Left padding of a batch row has score 0 (masked attention), so a padded row pools
+    like the same sequence without padding.
 
-def pool(scores: torch.Tensor, kernel: int, real: torch.Tensor | None = None) -> torch.Tensor:
-    """1-D average pooling along the slot axis, stride 1, same length (``count_include_pad=False``).
+    Args:
+        scores: ``[B, Hkv, N]``, slots in ascending position order (a prefill).
 
-    With ``real`` (bool ``[B, Hkv, N]``), the average runs over real (non-padding) slots only, so a
-    left-padded row pools exactly like the same sequence without padding.
+    Returns:
+        float ``[B, Hkv, N]``.
     """
     b, hkv, n = scores.shape
-    if kernel == 1 or n == 0:
+    cut = max(n - max(window, 0), 0)
+    if kernel == 1 or cut == 0:
         return scores
-    if real is None or bool(real.all()):
-        return _avg_pool(scores, kernel)
-    weight = real.float()
-    num = _avg_pool(scores * weight, kernel)
-    den = _avg_pool(weight, kernel)
-    return torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
+    head = F.avg_pool1d(scores[..., :cut].reshape(b * hkv, 1, cut), kernel_size=kernel, stride=1, padding=kernel // 2)
+    return torch.cat([head.reshape(b, hkv, cut), scores[..., cut:]], dim=-1)
 
 
 def _score_snapkv(cfg, q, keys, mask, positions, scaling, prev_scores):
     w = _observation_queries(cfg, q.shape[2])
     s = _summed_probs(q[:, :, q.shape[2] - w :], keys, mask[..., mask.shape[-2] - w :, :], scaling)
     if prev_scores is None:
-        real = _check_mask(mask, *_group_shapes(q, keys)[:2], mask.shape[-2], keys.shape[2])[:, :, -1, :]
-        return pool(s, cfg.kernel, real)
+        return pool(s, cfg.kernel, cfg.window)
     return prev_scores.float() + s
 
 
@@ -205,9 +203,10 @@ def score(
     ``w' = min(max(window, 1), m)``:
 
     * ``snapkv`` (SnapKV, https://arxiv.org/abs/2404.14469): without ``prev_scores`` (prefill, slots
-      in ascending position order) ``s = avgpool_kernel( sum_{j < g, i >= m - w'} P[..., j, i, :] )``,
-      1-D average pooling along the slots with stride 1, padding ``kernel // 2`` and
-      ``count_include_pad=False``. **Decode rule**: with ``prev_scores`` (decode steps, later
+      in ascending position order) ``s = avgpool_kernel( sum_{j < g, i >= m - w'} P[..., j, i, :] )``
+      over the slots before the observation window (the last ``window`` slots keep their sums),
+      1-D average pooling with stride 1, zero padding ``kernel // 2`` counted in the average, as the
+      original SnapKV (:func:`pool`). **Decode rule**: with ``prev_scores`` (decode steps, later
       chunks) ``s = prev_scores + sum_{j, i >= m - w'} P[..., j, i, :]`` *without* pooling, because
       after eviction neighbouring slots are no longer neighbouring tokens.
     * ``h2o`` (H2O, https://arxiv.org/abs/2306.14048): accumulated attention

@@ -86,16 +86,14 @@ def bf_probs(q, keys, mask, scaling):
     return out
 
 
-def bf_pool(values, kernel, real=None):
-    """Average over the real slots of each window (all slots when ``real`` is None); 0 if none."""
+def bf_pool(values, kernel, window):
+    """SnapKV as published: the slots before the last ``window`` ones averaged over ``kernel``
+    neighbours, positions outside that segment counting as 0 (the zero padding is in the average);
+    the window's slots unchanged."""
     p = kernel // 2
-    n = len(values)
-    real = [True] * n if real is None else real
-    out = []
-    for j in range(n):
-        idx = [i for i in range(max(0, j - p), min(n, j + p + 1)) if real[i]]
-        out.append(sum(values[i] for i in idx) / len(idx) if idx else 0.0)
-    return out
+    cut = max(len(values) - window, 0)
+    head = [sum(values[i] for i in range(j - p, j + p + 1) if 0 <= i < cut) / kernel for j in range(cut)]
+    return head + list(values[cut:])
 
 
 def bf_snapkv(cfg, q, keys, mask, scaling, prev=None):
@@ -107,8 +105,7 @@ def bf_snapkv(cfg, q, keys, mask, scaling, prev=None):
     out = torch.zeros_like(raw)
     for bi in range(raw.shape[0]):
         for k in range(raw.shape[1]):
-            real = mask[bi, k, -1].tolist()  # slots the last query may see: the real (non-padding) ones
-            out[bi, k] = torch.tensor(bf_pool(raw[bi, k].tolist(), cfg.kernel, real), dtype=torch.float64)
+            out[bi, k] = torch.tensor(bf_pool(raw[bi, k].tolist(), cfg.kernel, cfg.window), dtype=torch.float64)
     return out
 
 
