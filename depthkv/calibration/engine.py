@@ -21,6 +21,7 @@ Where the cut is (``compress``):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -150,12 +151,16 @@ class Engine:
         self.n_layers = fingerprint(model).num_layers
         self.device = next(model.parameters()).device
         self.kw = cache_kwarg(model)
+        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    def forward(self, ids: Sequence[int] | torch.Tensor, cache: BudgetCache) -> Any:
-        """One forward step of ``ids`` (a list of token ids, or ``[1, m]``) with ``cache``."""
+    def forward(self, ids: Sequence[int] | torch.Tensor, cache: BudgetCache, last_only: bool = False) -> Any:
+        """One forward step of ``ids`` (a list of token ids, or ``[1, m]``) with ``cache``; with
+        ``last_only`` only the last position's logits are computed (a long prefill of a model with a
+        large vocabulary would otherwise spend most of its time in the output layer)."""
         if not isinstance(ids, torch.Tensor):
             ids = torch.tensor([list(ids)], device=self.device, dtype=torch.long)
-        return self.model(ids, use_cache=True, **{self.kw: cache})
+        extra = {"logits_to_keep": 1} if last_only and self.keeps_logits else {}
+        return self.model(ids, use_cache=True, **{self.kw: cache}, **extra)
 
     def run(self, item: Item, record_layers: bool = False) -> ExampleRun:
         """Prefill ``item``'s context once (see :class:`ExampleRun`)."""
@@ -184,7 +189,7 @@ class ExampleRun:
         self.context_tokens = len(ctx)
         self.tail_ids = torch.tensor([(prefix + answer)[:-1]], device=engine.device, dtype=torch.long)
         self.cache = BudgetCache([None] * engine.n_layers, engine.policy, record=True)
-        self.first_logits = engine.forward(ctx, self.cache).logits[:, -1:, :]
+        self.first_logits = engine.forward(ctx, self.cache, last_only=True).logits[:, -1:, :]
         self.outputs: list[Any] = []
         if record_layers:
             with record_outputs(engine.model) as outputs:
@@ -222,7 +227,7 @@ class ExampleRun:
         """Greedy answer tokens after the prefix, token by token, each evicted as the model runs
         (``stop_tokens`` end the answer and are not included)."""
         engine = self.engine
-        logits = engine.forward(self.prefix, cache).logits if self.prefix else self.first_logits
+        logits = engine.forward(self.prefix, cache, last_only=True).logits if self.prefix else self.first_logits
         tokens, _ = greedy_decode(
             lambda t: engine.forward(t, cache).logits[:, -1], logits[:, -1], max_new_tokens, stop_tokens=stop_tokens
         )
