@@ -28,6 +28,7 @@ from depthkv.calibration.engine import (
 )
 from depthkv.calibration.metrics import default_scorer
 from depthkv.calibration.stats import bootstrap_mean_ci
+from depthkv.evaluation.controls import controls_for
 from depthkv.profile import Budget, Plan
 from depthkv.runtime.attention import depthkv_attention_enabled
 
@@ -133,24 +134,40 @@ def evaluate(
     return results
 
 
+BASELINES: tuple[str, ...] = ("uniform", "pyramid")
+
+
 def method_plans(
     model: Any,
     profile: Any,
     budgets: Sequence[Budget],
     strategies: Sequence[str] = ("proportional", "softmax", "rank", "greedy"),
     policy: str | None = None,
+    *,
+    baselines: Sequence[str] = BASELINES,
+    controls: bool = False,
+    seed: int = 0,
 ) -> dict[str, Plan | None]:
     """The standard comparison: full cache, uniform SnapKV, PyramidKV and DepthKV strategies per budget.
 
     Names are ``"full"``, ``"uniform@0.2"``, ``"pyramid@0.2"``, ``"depthkv-<strategy>@0.2"``.
     Strategies that the profile cannot support (``greedy`` without curves) are skipped.
+
+    Args:
+        baselines: the profile-free allocations compared against (any of :data:`BASELINES`).
+        controls: also each DepthKV plan's controls, ``"depthkv-<strategy>-shuffled@0.2"`` and
+            ``"depthkv-<strategy>-inverse@0.2"`` (:mod:`depthkv.evaluation.controls`; ``seed`` is the
+            shuffle's seed), right after the plan they control for.
     """
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
     methods: dict[str, Plan | None] = {"full": None}
     for b in budgets:
-        methods[f"uniform@{b}"] = allocate(profile, b, "uniform", policy=policy)
-        methods[f"pyramid@{b}"] = allocate(profile, b, "pyramid", policy=policy)
+        for base in baselines:
+            methods[f"{base}@{b}"] = allocate(profile, b, base, policy=policy)
         for s in strategies:
             if s == "greedy" and len(profile.ablation_budgets) < 2:
                 continue
             methods[f"depthkv-{s}@{b}"] = allocate(profile, b, s, policy=policy)
-    return methods
+    return controls_for(methods, profile.sensitivity(), seed) if controls else methods

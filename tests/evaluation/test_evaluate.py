@@ -104,3 +104,21 @@ def test_write_report_keeps_the_plan_of_every_budget(setup, tmp_path):
     text = files["report"].read_text()
     assert "| depthkv-proportional@0.5 | " + " ".join(map(str, every["depthkv-proportional@0.5"].budgets)) in text
     assert not (tmp_path / "plan-uniform@0.5.json").exists()  # one plan file per method: the primary budget
+
+
+def test_method_plans_with_controls(setup):
+    """The demo's comparison: baselines to choose, both controls of every DepthKV plan, same totals."""
+    model, tok, profile = setup
+    methods = method_plans(model, profile, [0.3], strategies=("proportional",), baselines=("uniform",), controls=True)
+    assert list(methods) == ["full", "uniform@0.3", "depthkv-proportional@0.3",
+                             "depthkv-proportional-shuffled@0.3", "depthkv-proportional-inverse@0.3"]
+    source = methods["depthkv-proportional@0.3"]
+    for kind in ("shuffled", "inverse"):
+        control = methods[f"depthkv-proportional-{kind}@0.3"]
+        assert sorted(control.budgets) == sorted(source.budgets) and control.total == source.total
+        assert min(control.budgets) >= source.floor and control.metadata["control"] == kind
+    inverse = methods["depthkv-proportional-inverse@0.3"].budgets
+    assert inverse[int(np.argmin(profile.sensitivity()))] == max(source.budgets)
+    assert inverse[int(np.argmax(profile.sensitivity()))] == min(source.budgets)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        method_plans(model, profile, [0.3], baselines=("snapkv",))
