@@ -36,6 +36,15 @@ def test_demo_quick_writes_every_report_file(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert {"full", "uniform@0.2", "pyramid@0.2", "depthkv-proportional@0.2"} <= set(results["methods"])
     assert set(results["plans"]) == set(results["methods"]) - {"full"}
+    # The controls are extra rows: both for every DepthKV plan, the same budgets in another order.
+    for strategy in ("proportional", "greedy"):
+        for b in ("0.1", "0.2"):
+            source = results["plans"][f"depthkv-{strategy}@{b}"]
+            for kind in ("shuffled", "inverse"):
+                name = f"depthkv-{strategy}-{kind}@{b}"
+                assert sorted(results["plans"][name]) == sorted(source), name
+                assert results["controls"][name]["control_of"] == f"depthkv-{strategy}@{b}"
+    assert "## Controls" in (out / "report.md").read_text()
     printed = capsys.readouterr().out
     assert "permutation test p =" in printed and "acc@0.2" in printed
 
@@ -106,7 +115,8 @@ def test_a_budget_with_a_decimal_point_is_a_fraction(small_profile, tmp_path, ca
 
 def test_plan_and_evaluate_commands(checkpoint, small_profile, tmp_path, capsys):
     """`depthkv plan` writes explicit budgets ('full' keeps a layer); `depthkv evaluate` scores plan
-    files and the full cache on a workload, as depthkv.evaluate does."""
+    files and the full cache on a workload, as depthkv.evaluate does, into a report folder (no
+    profile: no sensitivity section, one accuracy bar per method)."""
     import depthkv
 
     data = small_profile.parent / "wl.jsonl"
@@ -114,12 +124,13 @@ def test_plan_and_evaluate_commands(checkpoint, small_profile, tmp_path, capsys)
     assert main(["plan", "--model", str(checkpoint), "--budgets", "16", "full", "12", "--out", str(explicit)]) == 0
     assert json.loads(explicit.read_text())["budgets"] == [16, None, 12]
     assert main(["allocate", str(small_profile), "--budget", "0.2", "--out", str(allocated)]) == 0
-    out = tmp_path / "results.json"
+    out = tmp_path / "report"
     args = ["evaluate", "--model", str(checkpoint), "--workload", str(data), "--no-progress"]
     assert main([*args, "--plans", str(explicit), f"mine={allocated}", "--out", str(out)]) == 0
-    results = json.loads(out.read_text())
+    results = json.loads((out / "results.json").read_text())
     assert list(results["methods"]) == ["full", "explicit", "mine"]
-    assert results["plans"]["explicit"]["budgets"] == [16, None, 12]
+    assert results["plans"]["explicit"] == [16, None, 12]
+    assert results["plan_files"]["mine"]["path"] == str(allocated)
     model, tokenizer = depthkv.load_model(str(checkpoint))
     direct = depthkv.evaluate(
         model, tokenizer, depthkv.from_jsonl(data),
@@ -128,8 +139,154 @@ def test_plan_and_evaluate_commands(checkpoint, small_profile, tmp_path, capsys)
     assert results["methods"]["mine"]["mean"] == direct["mine"].summary()["mean"]
     assert results["methods"]["full"]["per_task"] == direct["full"].summary()["per_task"]
     assert "accuracy [95% CI]" in capsys.readouterr().out
+    for name in ("results.json", "report.md", "accuracy.png", "budgets.png", "plan-explicit.json", "plan-mine.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert not (out / "profile.json").exists() and not (out / "sensitivity.png").exists()
+    report = (out / "report.md").read_text()
+    assert "| mine | " in report and "| explicit | 16 full 12 | — |" in report and "Are the layers" not in report
+    # An --out ending in .json: the one results file of earlier versions, same numbers.
+    single = tmp_path / "results.json"
+    assert main([*args, "--plans", str(explicit), f"mine={allocated}", "--out", str(single)]) == 0
+    legacy = json.loads(single.read_text())
+    assert legacy["methods"] == results["methods"] and legacy["plans"]["explicit"]["budgets"] == [16, None, 12]
+    assert legacy["plans"]["mine"]["path"] == str(allocated) and "results written to" in capsys.readouterr().out
     assert main(["plan", "--model", str(checkpoint), "--budgets", "16", "half", "12", "--out", str(explicit)]) == 2
     assert "'full'" in capsys.readouterr().err
+
+
+def test_evaluate_with_a_profile_writes_the_demo_report(checkpoint, small_profile, tmp_path, capsys):
+    """With --profile, plans are allocated at each budget with each strategy, next to the baselines
+    and each DepthKV plan's controls: the demo's report folder, for the user's own workload."""
+    from depthkv import Plan, Profile
+
+    data = small_profile.parent / "wl.jsonl"
+    out = tmp_path / "report"
+    args = ["evaluate", "--model", str(checkpoint), "--workload", str(data), "--no-progress",
+            "--profile", str(small_profile), "--budgets", "0.2", "0.3", "--strategies", "proportional", "rank"]
+    assert main([*args, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    names = {"full"} | {f"{m}@{b}" for b in ("0.2", "0.3") for m in (
+        "uniform", "pyramid", "depthkv-proportional", "depthkv-rank", "depthkv-proportional-shuffled",
+        "depthkv-proportional-inverse", "depthkv-rank-shuffled", "depthkv-rank-inverse")}
+    assert set(results["methods"]) == names and set(results["plans"]) == names - {"full"}
+    for name in ("profile.json", "results.json", "report.md", "sensitivity.png", "budgets.png",
+                 "accuracy_vs_budget.png", "plan-uniform.json", "plan-depthkv-rank.json", "plan-depthkv-rank-inverse.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "plan-uniform.json").read_text())["global_budget"] == 0.2  # the middle budget
+    sensitivity = Profile.load(small_profile).sensitivity()
+    for strategy in ("proportional", "rank"):
+        for b in ("0.2", "0.3"):
+            source = results["plans"][f"depthkv-{strategy}@{b}"]
+            for kind in ("shuffled", "inverse"):
+                control = results["plans"][f"depthkv-{strategy}-{kind}@{b}"]
+                assert sorted(control) == sorted(source) and sum(control) == sum(source)
+                record = results["controls"][f"depthkv-{strategy}-{kind}@{b}"]
+                assert record["source_budgets"] == source and sorted(record["layer_order"]) == [0, 1, 2]
+            inverse = results["plans"][f"depthkv-{strategy}-inverse@{b}"]
+            assert inverse[int(sensitivity.argmin())] == max(source)
+    assert results["controls"]["depthkv-rank-shuffled@0.2"]["seed"] == 0
+    assert Plan.load(out / "plan-depthkv-rank-shuffled.json").metadata["control"] == "shuffled"
+    report = (out / "report.md").read_text()
+    assert "Are the layers different?" in report and "## Controls" in report and "| depthkv-rank@0.3 | " in report
+    printed = capsys.readouterr().out
+    assert "acc@0.3" in printed and "calibrated on" in printed  # the profile's own workload: a warning
+    # --no-controls and --baselines choose the rows; the same seed gives the same controls.
+    again = tmp_path / "again"
+    assert main([*args, "--baselines", "uniform", "--no-controls", "--out", str(again)]) == 0
+    fewer = json.loads((again / "results.json").read_text())["methods"]
+    assert set(fewer) == {"full"} | {f"{m}@{b}" for b in ("0.2", "0.3")
+                                     for m in ("uniform", "depthkv-proportional", "depthkv-rank")}
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--out", "taken"], "--out taken is a file"),
+        (["--profile", "P", "--baselines", "uniform", "snapkv", "--out", "r"], "unknown baseline(s) 'snapkv'"),
+        (["--budgets", "0.2", "--out", "r"], "--budgets choose(s) the plans allocated from a profile"),
+        (["--no-full", "--out", "r"], "nothing to evaluate"),
+    ],
+)
+def test_evaluate_says_what_is_wrong(small_profile, tmp_path, capsys, monkeypatch, extra, says):
+    """Bad options are refused before the model is loaded, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("a file")
+    extra = [str(small_profile) if e == "P" else e for e in extra]
+    assert main(["evaluate", "--model", "/no/such/model", *extra]) == 2
+    assert says in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
+def test_evaluate_refuses_a_profile_of_another_model(small_profile, tmp_path, capsys):
+    assert main(["evaluate", "--model", "tiny-llama", "--profile", str(small_profile), "--out", str(tmp_path / "r")]) == 2
+    assert "this profile was made for a different model" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_demo_on_your_own_jsonl_file(checkpoint, tmp_path, capsys):
+    """`depthkv demo --workload my.jsonl`: the file split by a seeded hash of each example (the parts
+    written beside the report, disjoint, covering the file), then the whole pipeline on them."""
+    from depthkv.cli.common import split_examples
+    from depthkv.workload import builtin_workload, load_jsonl, save_jsonl
+
+    data = tmp_path / "mine.jsonl"
+    examples = builtin_workload(["niah_single", "kv_retrieval"], n_per_task=4, context_length=150).examples
+    save_jsonl(examples, data)
+    out = tmp_path / "demo"
+    args = ["demo", "--model", str(checkpoint), "--workload", str(data), "--quick", "--budgets", "0.3",
+            "--strategies", "proportional", "--no-progress"]
+    assert main([*args, "--out", str(out)]) == 0
+    calib, evaluation = load_jsonl(out / "calibration.jsonl"), load_jsonl(out / "evaluation.jsonl")
+    assert (calib, evaluation) == split_examples(examples, 1 / 3, seed=0)
+    assert sorted(map(repr, calib + evaluation)) == sorted(map(repr, examples)) and len(calib) >= 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["info"]["n_calib"] == len(calib) and results["info"]["n_eval"] == len(evaluation)
+    assert results["info"]["data"]["calib_fraction"] == pytest.approx(1 / 3)
+    assert {"depthkv-proportional-shuffled@0.3", "depthkv-proportional-inverse@0.3", "uniform@0.3"} <= set(results["methods"])
+    assert results["methods"]["full"]["n"] == len(evaluation)
+    for name in ("profile.json", "report.md", "sensitivity.png", "accuracy_vs_budget.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "permutation test p =" in capsys.readouterr().out
+    # Another seed splits differently; the split never depends on the file's order.
+    assert split_examples(examples, 0.5, seed=1) != split_examples(examples, 0.5, seed=0)
+    assert split_examples(examples[::-1], 1 / 3, seed=0) == tuple(part[::-1] for part in split_examples(examples, 1 / 3, 0))
+    # With --eval-workload, the first file is all calibration.
+    other = tmp_path / "other"
+    assert main([*args, "--eval-workload", str(out / "evaluation.jsonl"), "--workload", str(out / "calibration.jsonl"),
+                 "--out", str(other)]) == 0
+    again = json.loads((other / "results.json").read_text())
+    assert again["methods"]["full"] == results["methods"]["full"]
+    assert not (other / "calibration.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "lines, extra, says",
+    [
+        ([], [], "no examples"),
+        (["\n"], [], "no examples"),
+        ("three", [], "at least 2 calibration examples and 1 evaluation example are needed"),
+        ("three", ["--calib-fraction", "1.5"], "must be in (0, 1)"),
+        ("three", ["--baselines", "snapkv"], "unknown baseline(s) 'snapkv'"),
+        ("three", ["--n-eval", "4"], "--n-eval size(s) the built-in workload"),
+        ("three", ["--eval-workload", "W", "--calib-fraction", "0.5"], "with --eval-workload the whole file calibrates"),
+        (["{\"context\": \"x\"}\n"], [], "line 1: missing required field(s) 'question', 'answer'"),
+    ],
+)
+def test_demo_on_bad_data_says_what_is_wrong(tmp_path, capsys, lines, extra, says):
+    """An empty file, too few examples to split, a bad option: exit 2 before the model is loaded."""
+    from depthkv.workload import builtin_workload, save_jsonl
+
+    data = tmp_path / "mine.jsonl"
+    if lines == "three":
+        save_jsonl(builtin_workload(["niah_single"], n_per_task=3, context_length=100).examples, data)
+    else:
+        data.write_text("".join(lines))
+    extra = [str(data) if e == "W" else e for e in extra]
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "/no/such/model", "--workload", str(data), *extra, "--out", str(out)]) == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["demo", "--eval-workload", str(data), "--out", str(out)]) == 2
+    assert "--eval-workload needs --workload" in capsys.readouterr().err
 
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):

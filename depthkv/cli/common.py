@@ -1,10 +1,12 @@
-"""What the ``depthkv`` subcommands share: budget arguments, a model's card defaults, workloads,
-run information and tables."""
+"""What the ``depthkv`` subcommands share: budget arguments, a model's card defaults, workloads
+(and the split of a user's file into calibration and evaluation parts), the comparison's options,
+report folders, run information and tables."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import platform
 from pathlib import Path
@@ -14,6 +16,10 @@ from depthkv.profile import Budget, parse_budget
 from depthkv.profile.budget import is_fraction
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEMO_BUDGETS = (0.1, 0.2, 0.3)
+DEMO_STRATEGIES = ("proportional", "softmax", "rank", "greedy")
+CALIB_FRACTION = 1 / 3
+MIN_CALIBRATION = 2  # the permutation and Friedman tests need two examples
 
 
 def budget_arg(text: str) -> Budget:
@@ -109,6 +115,80 @@ def calibration_workload(profile: Any, path: str | None) -> Any:
             "calibrated on (another depthkv version?); pass the calibration examples with --workload"
         )
     return workload
+
+
+def split_hash(example: Any, seed: int) -> float:
+    """A number in [0, 1) fixed by the example's content and ``seed``: the first 8 bytes of
+    ``sha256("depthkv-split/<seed>/" + canonical JSON of the example)`` over 2**64."""
+    text = json.dumps(example.to_dict(), sort_keys=True, ensure_ascii=False)
+    digest = hashlib.sha256(f"depthkv-split/{int(seed)}/{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_examples(examples: list[Any], fraction: float, seed: int, source: str = "the workload") -> tuple[list[Any], list[Any]]:
+    """``(calibration, evaluation)``: an example is for calibration iff ``split_hash(example, seed) <
+    fraction``. Deterministic and order-free: each example's side depends on its content and the
+    seed only (adding examples to the file moves none of the others, and identical examples land on
+    the same side, so the parts never share one). The parts keep the file's order; their sizes are
+    ``fraction`` of the file's on average, not exactly.
+
+    Raises:
+        ValueError: ``fraction`` not in (0, 1), or fewer than 2 calibration or 1 evaluation examples.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the calibration fraction must be in (0, 1), e.g. 0.33; got {fraction}")
+    calib = [ex for ex in examples if split_hash(ex, seed) < fraction]
+    evalw = [ex for ex in examples if split_hash(ex, seed) >= fraction]
+    if len(calib) < MIN_CALIBRATION or not evalw:
+        raise ValueError(
+            f"{source}: its {len(examples)} examples split into {len(calib)} for calibration and {len(evalw)} for "
+            f"evaluation (fraction {fraction:.3g}, seed {seed}); at least {MIN_CALIBRATION} calibration examples and 1 "
+            "evaluation example are needed: add examples, change --calib-fraction or --seed, or give the "
+            "evaluation examples in their own file with --eval-workload"
+        )
+    return calib, evalw
+
+
+def mean_context_tokens(tokenizer: Any, workload: Any) -> float:
+    """Mean number of tokens of the examples' contexts."""
+    from depthkv.calibration.engine import encode_text
+
+    lengths = [len(encode_text(tokenizer, ex.context, True)) for ex in workload]
+    return float(sum(lengths) / len(lengths)) if lengths else 0.0
+
+
+def add_comparison_args(parser: argparse.ArgumentParser) -> None:
+    """What is compared with DepthKV's plans: the baselines and the controls."""
+    parser.add_argument(
+        "--baselines", nargs="*", default=None, metavar="NAME",
+        help="profile-free allocations at each budget: uniform, pyramid (default: both; none: --baselines alone)",
+    )
+    parser.add_argument(
+        "--no-controls", action="store_true",
+        help="leave out each DepthKV plan's controls (its budgets shuffled over the layers, seeded by --seed, "
+             "and inverted: the largest to the least sensitive layers)",
+    )
+
+
+def baselines_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--baselines`` named (default: uniform and pyramid), checked before any work starts."""
+    from depthkv.evaluation import BASELINES
+
+    names = BASELINES if args.baselines is None else tuple(args.baselines)
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(map(repr, unknown))}; choose from {', '.join(BASELINES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--baselines names one twice: {list(names)}")
+    return names
+
+
+def report_folder(path: str) -> Path:
+    """``--out`` of a command that writes a report folder: refuses an existing file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {path} is a file; the report is written into a folder")
+    return out
 
 
 def run_info(args: argparse.Namespace, started: float, **extra: Any) -> dict[str, Any]:
