@@ -49,8 +49,10 @@ CACHE_ENV = "DEPTHKV_CACHE"
 RECORD = "depthkv_source.json"
 """The record file in each entry."""
 
-FORMAT = 1
-"""The record's format; an entry of another format is rebuilt."""
+FORMAT = 2
+"""The record's format, and the version of the conversion: an entry of another format is rebuilt.
+Raise it whenever the conversion would write something different (2: entries converted while
+Gemma 3's sliding window could come out as the config default, 4096, are rebuilt)."""
 
 _REQUIRED = ("config.json", "model.safetensors")
 
