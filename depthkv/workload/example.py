@@ -17,7 +17,9 @@ class Example:
     leading space, so the first answer token directly follows the prompt.
 
     ``task`` names the generator (``"custom"`` for user data); ``metadata`` holds anything else
-    (generator parameters, needle depths, extra JSONL keys). Scorers and the oracle never read it.
+    (generator parameters, needle depths, extra JSONL keys). Of it, scoring reads only
+    ``"scorer"`` (``"exact"`` or ``"contains"``) and ``"multi_item"``
+    (:mod:`~depthkv.workload.scoring`); the oracle reads none of it.
     """
 
     context: str

@@ -22,7 +22,8 @@ def load_jsonl(path: str | os.PathLike) -> list[Example]:
 
     Each line is an object with string fields ``context``, ``question``, ``answer``, an optional
     ``task`` (default ``"custom"``) and optional ``metadata`` object; any other key is added to
-    metadata. Raises ``ValueError`` with the path and line number for bad JSON, a missing field or a wrong
+    metadata (``"scorer": "exact"`` or ``"contains"`` and ``"multi_item": true`` choose how the
+    example is scored: :mod:`~depthkv.workload.scoring`). Raises ``ValueError`` with the path and line number for bad JSON, a missing field or a wrong
     type.
     """
     path = Path(path)

@@ -179,10 +179,11 @@ def test_score_single_answers():
     assert score(ex, "48211") == 0.0
     assert score(ex, "4821 4821") == 0.0
     assert score(ex, "") == 0.0
-    assert score(_ex("New York"), "New York") == 1.0
-    assert score(_ex("New York"), "New  York") == 0.0
-    assert score(_ex("line one\nline two"), "line one\nline two\n") == 1.0
-    assert score(_ex("line one\nline two"), "line one") == 0.0
+    exact = {"scorer": "exact"}
+    assert score(_ex("New York", **exact), "New York") == 1.0
+    assert score(_ex("New York", **exact), "New  York") == 0.0
+    assert score(_ex("line one\nline two", **exact), "line one\nline two\n") == 1.0
+    assert score(_ex("line one\nline two", **exact), "line one") == 0.0
 
 
 def test_score_multi_item_recall():
@@ -194,9 +195,10 @@ def test_score_multi_item_recall():
     assert score(ex, "111 22223") == 0.0  # items match whole, not as substrings
     assert score(ex, "1111 2222\n3333 4444") == 0.5  # later lines ignored
     assert score(ex, "") == 0.0
-    assert score(_ex("aa aa bb", multi_item=True), "aa bb") == pytest.approx(2 / 3)
-    assert score(_ex("aa, bb", multi_item=True), "bb") == 0.5
-    assert score(_ex("aa bb"), "aa") == 0.0  # custom answers are exact-match by default
+    exact = {"scorer": "exact"}
+    assert score(_ex("aa aa bb", multi_item=True, **exact), "aa bb") == pytest.approx(2 / 3)
+    assert score(_ex("aa, bb", multi_item=True, **exact), "bb") == 0.5
+    assert score(_ex("aa bb", **exact), "aa") == 0.0  # one answer unless multi_item
 
 
 @pytest.mark.parametrize("task", sorted(EXPECTED_TASKS))
