@@ -58,11 +58,14 @@ def attend(
         ``[B, m, H, D]`` (transformers' attention-output layout). Query rows with no allowed slot
         (padding queries) attend to all slots instead of producing NaN; their outputs are never used.
     """
-    groups = query.shape[1] // keys.shape[1]
+    b, h, m, d = query.shape
+    hkv, n = keys.shape[1], keys.shape[2]
+    groups = h // hkv
     mask = mask | ~mask.any(dim=-1, keepdim=True)
     if groups > 1:
-        keys = keys.repeat_interleave(groups, dim=1)
-        values = values.repeat_interleave(groups, dim=1)
-        mask = mask.repeat_interleave(groups, dim=1)
+        # The query heads of a group attend to one KV head: stack them along the query axis
+        # ([B, Hkv, g*m, D]) instead of repeating the keys and values g times.
+        query = query.reshape(b, hkv, groups * m, d)
+        mask = mask[:, :, None].expand(b, hkv, groups, m, n).reshape(b, hkv, groups * m, n)
     out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling)
-    return out.transpose(1, 2).contiguous()
+    return out.reshape(b, h, m, values.shape[-1]).transpose(1, 2).contiguous()

@@ -125,7 +125,9 @@ class BudgetLayer(CacheLayerMixin):
         n = self.held
         over = self.budget is not None and n > self.budget
         recording = self.record and self.recorded is None
-        if not (over or self.policy.stateful or recording):
+        # A full layer (no budget) never evicts: its scores would never be read (unless recorded).
+        keeps_scores = self.policy.stateful and self.budget is not None
+        if not (over or keeps_scores or recording):
             return
         scores = score(self.policy, query, self.keys, slot_mask, self.positions, scaling, prev_scores=self.scores)
         if self.policy.stateful:
