@@ -348,4 +348,21 @@ def test_tune_floor_rebuilds_a_built_in_calibration_workload(checkpoint, tmp_pat
     data["workload"]["examples_sha256"] = "0" * 64
     profile.write_text(json.dumps(data))
     assert main([*args, "--out", str(tmp_path / "other.json")]) == 2
-    assert "differs from the one it was calibrated on" in capsys.readouterr().err
+    assert "differ from the recorded ones" in capsys.readouterr().err
+
+
+def test_card_command_measures_full_cache_accuracy_per_task_and_length(checkpoint, tmp_path, capsys):
+    """`depthkv card` scores the full cache on the evaluation split of each task at each length and
+    lists as learned the tasks at or above 0.8 at the default length (the demo's default tasks)."""
+    out = tmp_path / "card.json"
+    args = ["card", "--model", str(checkpoint), "--tasks", "prose_needle", "prose_multikey", "--lengths", "600", "700"]
+    assert main([*args, "--n-per-task", "2", "--default-length", "700", "--no-progress", "--out", str(out)]) == 0
+    card = json.loads(out.read_text())
+    assert set(card["cells"]) == {f"{t}@{n}" for t in ("prose_needle", "prose_multikey") for n in (600, 700)}
+    for cell in card["cells"].values():
+        assert cell["n"] == 2 and cell["accuracy"] == sum(cell["scores"]) / 2
+    learned = [t for t in card["tasks"] if card["cells"][f"{t}@700"]["accuracy"] >= 0.8]
+    assert card["learned_tasks"] == learned and card["default_length"] == 700
+    assert card["workloads"]["700"]["source"] == "natural" and card["workloads"]["700"]["split"] == "evaluation"
+    assert "learned at 700 tokens" in capsys.readouterr().out
+    assert main([*args, "--default-length", "300", "--out", str(out)]) == 2

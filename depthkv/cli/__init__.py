@@ -1,6 +1,6 @@
 """The ``depthkv`` command. ``depthkv demo`` is the main job on the embedded default.
 
-Subcommands: ``demo``, ``calibrate``, ``allocate``, ``plan``, ``tune-floor``, ``evaluate``
+Subcommands: ``demo``, ``calibrate``, ``allocate``, ``plan``, ``tune-floor``, ``evaluate``, ``card``
 (``depthkv <command> --help`` for each one's options). A bad input exits with status 2 and a
 message that says what was wrong; no partial output file is left behind.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from depthkv.cli import allocate, calibrate, demo, evaluate, tune_floor
+from depthkv.cli import allocate, calibrate, card, demo, evaluate, tune_floor
 
 __all__ = ["build_parser", "main"]
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     allocate.add_parsers(sub)
     tune_floor.add_parser(sub)
     evaluate.add_parser(sub)
+    card.add_parser(sub)
     return parser
 
 

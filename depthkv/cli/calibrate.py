@@ -33,7 +33,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
     profile = calibrate(
         model,
         tokenizer,
-        workload_from_args(args),
+        workload_from_args(args, tokenizer),
         ablation_budget=args.ablation_budget,
         metric=args.metric,
         policy=args.policy,

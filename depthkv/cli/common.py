@@ -47,24 +47,67 @@ def load(name: str) -> tuple[Any, Any]:
     return load_model(name)
 
 
+def card_path(name: str) -> Path:
+    """Where the card of model ``name`` lives: ``evaluation.json`` beside a shipped tiny model's
+    weights, ``depthkv/models/cards/<name>.json`` for a real model (written by ``depthkv card``)."""
+    folder = MODELS_DIR / str(name)
+    return folder / "evaluation.json" if folder.is_dir() else MODELS_DIR / "cards" / f"{name}.json"
+
+
 def card(name: str) -> dict[str, Any]:
-    """A shipped model's measured card (``evaluation.json`` beside its weights), or {}."""
-    path = MODELS_DIR / str(name) / "evaluation.json"
+    """A model's measured card (full-cache accuracy per task and length), or {}."""
+    path = card_path(name)
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def default_tasks(name: str) -> list[str]:
-    """The tasks the model's card lists as learned (full-cache accuracy at the trained length at
-    least the card's ``learned_threshold``, 0.8): a task the model has not learned is left out of
-    the default workload, as the card says. The built-in defaults for a model without a card."""
-    from depthkv.workload import DEFAULT_TASKS
+def default_tasks(name: str, tokenizer: Any = None) -> list[str]:
+    """The tasks the model's card lists as learned (full-cache accuracy at its default length at
+    least the card's ``learned_threshold``, 0.8): a task the model does not do is left out of the
+    default workload, as the card says. Without a card: the byte-level tasks for a byte tokenizer
+    (depthkv's tiny models), the natural-text tasks for any other."""
+    from depthkv.workload import DEFAULT_TASKS, NATURAL_TASKS, ByteTokenizer
 
-    return list(card(name).get("learned_tasks") or DEFAULT_TASKS)
+    learned = card(name).get("learned_tasks")
+    if learned:
+        return list(learned)
+    return list(DEFAULT_TASKS) if tokenizer is None or isinstance(tokenizer, ByteTokenizer) else list(NATURAL_TASKS)
 
 
 def default_context(name: str) -> int:
-    """The model's trained context length (1024 for models without a card)."""
-    return int(card(name).get("trained_length", 1024))
+    """The model's default context length: its card's (the trained length of a tiny model), else 1024."""
+    data = card(name)
+    return int(data.get("default_length", data.get("trained_length", 1024)))
+
+
+def builtin_for(tokenizer: Any, tasks: list[str], n_per_task: int, context_length: int, split: str, seed: int) -> Any:
+    """A built-in workload: byte-level tasks (:func:`depthkv.builtin_workload`, lengths in
+    characters) or natural-text tasks (:func:`depthkv.workload.natural_workload`, lengths in tokens
+    of ``tokenizer``), whichever ``tasks`` are."""
+    from depthkv.workload import NATURAL_TASKS, TASKS, builtin_workload, natural_workload
+
+    natural = [t for t in tasks if t in NATURAL_TASKS]
+    if natural and len(natural) != len(tasks):
+        raise ValueError(
+            f"tasks {tasks} mix natural-text tasks ({', '.join(NATURAL_TASKS)}) with byte-level ones "
+            f"({', '.join(TASKS)}); choose one kind"
+        )
+    if natural:
+        return natural_workload(tokenizer, tasks, n_per_task=n_per_task, context_length=context_length, split=split, seed=seed)
+    return builtin_workload(tasks, n_per_task=n_per_task, context_length=context_length, split=split, seed=seed)
+
+
+def decoding(workload: Any) -> dict[str, Any]:
+    """How answers are generated for ``workload`` (keyword arguments of :func:`depthkv.evaluate`).
+
+    Byte-level tasks (exact answers): 2 tokens beyond the answer's length, stop at a newline. Where
+    answers are found in the prediction (``"contains"``: real models add spaces, punctuation, a few
+    words, or start a list on a new line): 8 tokens beyond it, and a newline does not stop them (the
+    scorer judges the first paragraph).
+    """
+    from depthkv.workload import scorer_of
+
+    found = any(scorer_of(ex) == "contains" for ex in getattr(workload, "examples", workload))
+    return {"extra_tokens": 8, "stop_at_newline": False} if found else {"extra_tokens": 2, "stop_at_newline": True}
 
 
 def add_workload_args(parser: argparse.ArgumentParser, split: str, n_per_task: int) -> None:
@@ -72,49 +115,43 @@ def add_workload_args(parser: argparse.ArgumentParser, split: str, n_per_task: i
     parser.add_argument("--workload", default=None, help="JSONL file (default: a built-in split, below)")
     parser.add_argument("--tasks", nargs="+", default=None, help="built-in tasks (default: the model card's learned ones)")
     parser.add_argument("--n-per-task", type=int, default=n_per_task, help=f"built-in examples per task ({n_per_task})")
-    parser.add_argument("--context-length", type=int, default=None, help="built-in context length (default: the model's trained length)")
+    parser.add_argument("--context-length", type=int, default=None, help="built-in context length (default: the model's card)")
     parser.add_argument("--split", default=split, choices=["calibration", "evaluation"], help=f"built-in split ({split})")
     parser.add_argument("--seed", type=int, default=0, help="built-in workload seed (0)")
 
 
-def workload_from_args(args: argparse.Namespace) -> Any:
-    """The workload :func:`add_workload_args`' options name."""
-    from depthkv.workload import builtin_workload, from_jsonl
+def workload_from_args(args: argparse.Namespace, tokenizer: Any) -> Any:
+    """The workload :func:`add_workload_args`' options name (natural-text tasks are sized in
+    tokens of ``tokenizer``)."""
+    from depthkv.workload import from_jsonl
 
     if args.workload:
         return from_jsonl(args.workload)
-    return builtin_workload(
-        args.tasks or default_tasks(args.model),
-        n_per_task=args.n_per_task,
-        context_length=args.context_length or default_context(args.model),
-        split=args.split,
-        seed=args.seed,
+    return builtin_for(
+        tokenizer,
+        args.tasks or default_tasks(args.model, tokenizer),
+        args.n_per_task,
+        args.context_length or default_context(args.model),
+        args.split,
+        args.seed,
     )
 
 
-def calibration_workload(profile: Any, path: str | None) -> Any:
+def calibration_workload(profile: Any, path: str | None, tokenizer: Any) -> Any:
     """The workload ``profile`` was calibrated on: ``path`` (JSONL), or the built-in split rebuilt
-    from the profile's description and checked against its examples' digest."""
-    from depthkv.workload import builtin_workload, from_jsonl
+    from the profile's description (:func:`depthkv.workload.rebuild_workload`, which checks the
+    examples' digest)."""
+    from depthkv.workload import from_jsonl, rebuild_workload
 
     if path:
         return from_jsonl(path)
     desc = profile.workload or {}
-    if desc.get("source") != "builtin":
+    if desc.get("source") not in ("builtin", "natural"):
         raise ValueError("the profile was calibrated on a custom workload; pass the same file with --workload my.jsonl")
-    workload = builtin_workload(
-        list(desc["tasks"]),
-        n_per_task=desc["n_per_task"],
-        context_length=desc["target_context_length"],
-        split=desc["split"],
-        seed=desc["seed"],
-    )
-    if workload.fingerprint() != desc.get("examples_sha256"):
-        raise ValueError(
-            "the built-in workload rebuilt from the profile's description differs from the one it was "
-            "calibrated on (another depthkv version?); pass the calibration examples with --workload"
-        )
-    return workload
+    try:
+        return rebuild_workload(desc, tokenizer)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; pass the calibration examples with --workload") from None
 
 
 def split_hash(example: Any, seed: int) -> float:

@@ -28,6 +28,9 @@ from depthkv.cli.common import (
     MIN_CALIBRATION,
     add_comparison_args,
     baselines_from_args,
+    builtin_for,
+    card,
+    decoding,
     default_context,
     default_tasks,
     fraction_arg,
@@ -137,38 +140,39 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from depthkv.calibration import calibrate
     from depthkv.evaluation import evaluate, method_plans
     from depthkv.evaluation.report import summary_rows, write_report
-    from depthkv.workload import builtin_workload
 
     start = time.time()
     _check_args(args)
     baselines = baselines_from_args(args)
     out = report_folder(args.out)
     torch.manual_seed(args.seed)
+    sizes = card(args.model).get("demo", {})  # a real model's card sizes its demo to finish in minutes
     if args.quick:
         n_calib, n_eval, budgets = args.n_calib or 3, args.n_eval or 4, list(QUICK_BUDGETS)
         strategies, ablation = ("proportional", "greedy"), [args.budget, 0.5]
         n_perm = 999
     else:
-        n_calib, n_eval, budgets = args.n_calib or 12, args.n_eval or 32, list(DEMO_BUDGETS)
-        strategies, ablation = DEMO_STRATEGIES, [args.budget, 0.1, 0.5]
+        n_calib, n_eval = args.n_calib or sizes.get("n_calib", 12), args.n_eval or sizes.get("n_eval", 32)
+        budgets, strategies = list(DEMO_BUDGETS), tuple(sizes.get("strategies", DEMO_STRATEGIES))
+        ablation = [args.budget, 0.1, 0.5]
         n_perm = 10_000
     budgets = list(args.budgets or budgets)
     strategies = tuple(args.strategies or strategies)
     if args.budget not in budgets:
         budgets = sorted({*budgets, args.budget})
     ablation = list(dict.fromkeys(ablation))
-    if args.workload:
+    if args.workload:  # a user's file is read and split before the model loads: its errors come first
         calib, evalw, split_record = _user_workloads(args, out)
         tasks = calib.tasks + [t for t in evalw.tasks if t not in calib.tasks]
-    else:
-        tasks = default_tasks(args.model)
-        ctx = args.context_length or default_context(args.model)
-        calib = builtin_workload(tasks, n_per_task=n_calib, context_length=ctx, split="calibration", seed=args.seed)
-        evalw = builtin_workload(tasks, n_per_task=n_eval, context_length=ctx, split="evaluation", seed=args.seed)
-        split_record = {}
     model, tokenizer = load(args.model)
     if args.workload:
         ctx = round(mean_context_tokens(tokenizer, evalw))
+    else:
+        tasks = default_tasks(args.model, tokenizer)
+        ctx = args.context_length or default_context(args.model)
+        calib = builtin_for(tokenizer, tasks, n_calib, ctx, "calibration", args.seed)
+        evalw = builtin_for(tokenizer, tasks, n_eval, ctx, "evaluation", args.seed)
+        split_record = {}
     out.mkdir(parents=True, exist_ok=True)
     print(f"depthkv demo: model {args.model}, {len(calib.examples)} calibration / {len(evalw.examples)} "
           f"evaluation examples, context {ctx} tokens{' (mean)' if args.workload else ''}, tasks {', '.join(tasks)}")
@@ -188,7 +192,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         model, profile, budgets, strategies=strategies, baselines=baselines, controls=not args.no_controls,
         seed=args.seed,
     )
-    results = evaluate(model, tokenizer, evalw, methods, progress=not args.no_progress)
+    results = evaluate(
+        model, tokenizer, evalw, methods, **decoding(evalw), progress=not args.no_progress
+    )
     summaries = {name: r.summary(seed=args.seed) for name, r in results.items()}
     b = args.budget
     every = {name: plan for name, plan in methods.items() if plan is not None}  # all but the full cache

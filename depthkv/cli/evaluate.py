@@ -32,6 +32,7 @@ from depthkv.cli.common import (
     add_workload_args,
     baselines_from_args,
     budget_arg,
+    decoding,
     load,
     mean_context_tokens,
     print_table,
@@ -143,11 +144,13 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if clash:
             raise ValueError(f"plan file name(s) {clash} are names of the profile's plans; name them NAME=PATH")
         methods.update(allocated)
-    workload = workload_from_args(args)
+    workload = workload_from_args(args, tokenizer)
     if profile is not None and (profile.workload or {}).get("examples_sha256") == workload.fingerprint():
         print("depthkv evaluate: warning: this is the workload the profile was calibrated on; "
               "accuracy measured on it overstates what the plans do on new examples")
-    results = evaluate(model, tokenizer, workload, methods, progress=not args.no_progress)
+    results = evaluate(
+        model, tokenizer, workload, methods, **decoding(workload), progress=not args.no_progress
+    )
     summaries = {name: r.summary(seed=0) for name, r in results.items()}
     every = {name: plan for name, plan in methods.items() if plan is not None}
     plans = dict(files)

@@ -33,7 +33,7 @@ def run_tune_floor(args: argparse.Namespace) -> None:
     profile = Profile.load(args.profile)
     model, tokenizer = load(args.model)
     profile.check_model(model)
-    workload = calibration_workload(profile, args.workload)
+    workload = calibration_workload(profile, args.workload, tokenizer)
     search = tune_floor(
         model, tokenizer, workload, profile, args.budget, args.strategy, floors=args.floors, metric=args.metric,
         progress=not args.no_progress,

@@ -1,0 +1,88 @@
+"""``depthkv card``: a model's full-cache accuracy per built-in task and context length.
+
+What a model does with its whole KV cache decides what its budgets can be measured on: the demo's
+default workload is the tasks the card lists as learned (at least 0.8 at the default length), the
+rule the shipped tiny models' cards follow. The card is written as JSON; for the real models the
+committed cards are ``depthkv/models/cards/<name>.json``::
+
+    depthkv card --model smollm2-135m --lengths 2048 4096 --n-per-task 12 \\
+        --out depthkv/models/cards/smollm2-135m.json
+
+Examples come from the evaluation split (disjoint from every calibration split); greedy decoding,
+scored per example (``"contains"`` for the natural-text tasks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from depthkv.cli.common import builtin_for, decoding, load, print_table, run_info
+
+LEARNED = 0.8
+
+
+def add_parser(sub: Any) -> None:
+    card = sub.add_parser("card", help="full-cache accuracy per built-in task and context length")
+    card.add_argument("--model", required=True, help="shipped or real model name, a local HF checkpoint or a .gguf")
+    card.add_argument("--tasks", nargs="+", default=None, help="built-in tasks (default: the natural-text tasks)")
+    card.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096], help="context lengths in tokens")
+    card.add_argument("--n-per-task", type=int, default=12, help="evaluation examples per task and length (12)")
+    card.add_argument("--default-length", type=int, default=None, help="length of the learned tasks (the first)")
+    card.add_argument("--seed", type=int, default=0)
+    card.add_argument("--demo-n-calib", type=int, default=4, help="calibration examples per task of its demo (4)")
+    card.add_argument("--demo-n-eval", type=int, default=12, help="evaluation examples per task of its demo (12)")
+    card.add_argument(
+        "--demo-strategies", nargs="+", default=["proportional", "softmax", "greedy"], help="its demo's strategies"
+    )
+    card.add_argument("--out", required=True, help="card JSON path")
+    card.add_argument("--no-progress", action="store_true")
+    card.set_defaults(run=run_card)
+
+
+def run_card(args: argparse.Namespace) -> dict[str, Any]:
+    from depthkv.evaluation import evaluate
+    from depthkv.files import atomic_write_json
+    from depthkv.workload import NATURAL_TASKS
+
+    start = time.time()
+    model, tokenizer = load(args.model)
+    tasks = list(args.tasks or NATURAL_TASKS)
+    default_length = args.default_length or args.lengths[0]
+    if default_length not in args.lengths:
+        raise ValueError(f"--default-length {default_length} is not one of --lengths {args.lengths}")
+    cells: dict[str, Any] = {}
+    workloads = {}
+    for length in args.lengths:
+        workload = builtin_for(tokenizer, tasks, args.n_per_task, length, "evaluation", args.seed)
+        workloads[length] = workload.describe()
+        result = evaluate(
+            model, tokenizer, workload, {"full": None}, **decoding(workload),
+            progress=not args.no_progress,
+        )["full"]
+        for task in tasks:
+            scores = [s for s, t in zip(result.scores, result.tasks) if t == task]
+            cells[f"{task}@{length}"] = {"accuracy": sum(scores) / len(scores), "n": len(scores), "scores": scores}
+    learned = [t for t in tasks if cells[f"{t}@{default_length}"]["accuracy"] >= LEARNED]
+    card = {
+        "model": args.model,
+        "tasks": tasks,
+        "lengths": list(args.lengths),
+        "n": args.n_per_task,
+        "seed": args.seed,
+        "split": "evaluation",
+        "learned_threshold": LEARNED,
+        "default_length": default_length,
+        "learned_tasks": learned,
+        "demo": {"n_calib": args.demo_n_calib, "n_eval": args.demo_n_eval, "strategies": list(args.demo_strategies)},
+        "cells": cells,
+        "workloads": {str(k): v for k, v in workloads.items()},
+        "info": run_info(args, start),
+    }
+    atomic_write_json(args.out, card)
+    rows = [[t] + [f"{cells[f'{t}@{n}']['accuracy']:.3f}" for n in args.lengths] for t in tasks]
+    print_table(["task"] + [f"acc@{n}" for n in args.lengths], rows)
+    print(f"learned at {default_length} tokens (>= {LEARNED}): {', '.join(learned) or 'none'}")
+    print(f"card written to {args.out}  ({time.time() - start:.0f} s)")
+    return card
