@@ -366,3 +366,13 @@ def test_card_command_measures_full_cache_accuracy_per_task_and_length(checkpoin
     assert card["workloads"]["700"]["source"] == "natural" and card["workloads"]["700"]["split"] == "evaluation"
     assert "learned at 700 tokens" in capsys.readouterr().out
     assert main([*args, "--default-length", "300", "--out", str(out)]) == 2
+
+
+def test_the_policy_s_window_and_kernel_from_the_command_line(checkpoint, small_profile, tmp_path):
+    from depthkv import PolicyConfig, Profile
+
+    data, out = small_profile.parent / "wl.jsonl", tmp_path / "p.json"
+    args = ["calibrate", "--model", str(checkpoint), "--workload", str(data), "--n-permutations", "9"]
+    assert main([*args, "--window", "4", "--kernel", "3", "--no-progress", "--out", str(out)]) == 0
+    assert Profile.load(out).policy == PolicyConfig(name="snapkv", window=4, kernel=3)
+    assert main([*args, "--kernel", "4", "--out", str(tmp_path / "q.json")]) == 2  # kernels are odd

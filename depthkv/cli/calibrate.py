@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from depthkv.cli.common import add_workload_args, budget_arg, load, workload_from_args
+from depthkv.cli.common import (
+    add_policy_args,
+    add_workload_args,
+    budget_arg,
+    load,
+    policy_from_args,
+    workload_from_args,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -17,7 +24,7 @@ def add_parser(sub: Any) -> None:
         help="budget(s) of the ablated layer: fractions (0.2) or tokens (64); the first is the primary one",
     )
     cal.add_argument("--metric", default="nll", choices=["nll", "kl", "score"])
-    cal.add_argument("--policy", default="snapkv", help="eviction policy inside each layer")
+    add_policy_args(cal)
     cal.add_argument("--compress", default="context", choices=["context", "prompt"])
     cal.add_argument("--extra-tokens", type=int, default=0, help="tokens generated beyond the answer (metric score)")
     cal.add_argument("--n-permutations", type=int, default=10_000)
@@ -36,7 +43,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
         workload_from_args(args, tokenizer),
         ablation_budget=args.ablation_budget,
         metric=args.metric,
-        policy=args.policy,
+        policy=policy_from_args(args),
         compress=args.compress,
         extra_tokens=args.extra_tokens,
         n_permutations=args.n_permutations,

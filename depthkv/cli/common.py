@@ -110,6 +110,21 @@ def decoding(workload: Any) -> dict[str, Any]:
     return {"extra_tokens": 8, "stop_at_newline": False} if found else {"extra_tokens": 2, "stop_at_newline": True}
 
 
+def add_policy_args(parser: argparse.ArgumentParser) -> None:
+    """The eviction policy inside each layer and its observation window and pooling kernel."""
+    parser.add_argument("--policy", default="snapkv", help="eviction policy inside each layer (snapkv)")
+    parser.add_argument("--window", type=int, default=None, help="the policy's observation window (8)")
+    parser.add_argument("--kernel", type=int, default=None, help="snapkv's pooling kernel (5)")
+
+
+def policy_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`depthkv.PolicyConfig` of :func:`add_policy_args`' options."""
+    from depthkv.policies import PolicyConfig
+
+    given = {k: v for k, v in (("window", args.window), ("kernel", args.kernel)) if v is not None}
+    return PolicyConfig(name=args.policy, **given)
+
+
 def add_workload_args(parser: argparse.ArgumentParser, split: str, n_per_task: int) -> None:
     """Options that choose a workload: a JSONL file, or a built-in split."""
     parser.add_argument("--workload", default=None, help="JSONL file (default: a built-in split, below)")

@@ -27,6 +27,7 @@ from depthkv.cli.common import (
     DEMO_STRATEGIES,
     MIN_CALIBRATION,
     add_comparison_args,
+    add_policy_args,
     baselines_from_args,
     builtin_for,
     card,
@@ -36,6 +37,7 @@ from depthkv.cli.common import (
     fraction_arg,
     load,
     mean_context_tokens,
+    policy_from_args,
     print_table,
     report_folder,
     run_info,
@@ -65,7 +67,7 @@ def add_parser(sub: Any) -> None:
     demo.add_argument("--context-length", type=int, default=None, help="built-in context length in tokens")
     demo.add_argument("--n-calib", type=int, default=None, help="built-in calibration examples per task (12; --quick 3)")
     demo.add_argument("--n-eval", type=int, default=None, help="built-in evaluation examples per task (32; --quick 4)")
-    demo.add_argument("--policy", default="snapkv", help="eviction policy inside each layer")
+    add_policy_args(demo)
     demo.add_argument("--metric", default="nll", choices=["nll", "kl", "score"])
     demo.add_argument("--seed", type=int, default=0, help="seed of the workload, the tests, the split and the controls")
     demo.add_argument("--budgets", type=fraction_arg, nargs="+", default=None, help="global budgets to evaluate (fractions)")
@@ -182,7 +184,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         calib,
         ablation_budget=ablation,
         metric=args.metric,
-        policy=args.policy,
+        policy=policy_from_args(args),
         checkpoint=out / "profile.partial.json",
         n_permutations=n_perm,
         seed=args.seed,
