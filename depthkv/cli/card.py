@@ -9,7 +9,12 @@ committed cards are ``depthkv/models/cards/<name>.json``::
         --out depthkv/models/cards/smollm2-135m.json
 
 Examples come from the evaluation split (disjoint from every calibration split); greedy decoding,
-scored per example (``"contains"`` for the natural-text tasks).
+scored per example (``"contains"`` for the natural-text tasks). The card measures the model itself:
+the unmodified model with transformers' own attention and cache (:func:`full_cache_scores`),
+prompted exactly as :func:`depthkv.evaluate` prompts it (the context, then the question, then the
+answer generated token by token), which is what evaluation's ``full`` method reproduces
+(``tests/runtime/test_cache.py::test_full_budget_reproduces_unpruned_model``) at a fraction of the
+cost: depthkv's recording prefill and eviction machinery are not needed where nothing is evicted.
 """
 
 from __future__ import annotations
@@ -41,8 +46,56 @@ def add_parser(sub: Any) -> None:
     card.set_defaults(run=run_card)
 
 
+def full_cache_scores(
+    model: Any,
+    tokenizer: Any,
+    workload: Any,
+    *,
+    extra_tokens: int,
+    stop_at_newline: bool,
+    scorer: Any = None,
+    progress: bool = True,
+) -> tuple[list[float], list[str]]:
+    """Score of every example of ``workload`` (and its task) with the unmodified model and a
+    ``transformers.DynamicCache``: the context prefilled (special tokens added), the question sent
+    after it, then ``len(answer) + extra_tokens`` greedy tokens, stopped as :func:`depthkv.evaluate`
+    stops them and scored by ``scorer(example, prediction)`` (default: the example's own,
+    :func:`depthkv.workload.score`)."""
+    import torch
+    import transformers
+    from tqdm import tqdm
+
+    from depthkv.calibration.engine import encode_example, workload_items
+    from depthkv.evaluation.comparison import stop_tokens
+    from depthkv.runtime import greedy_decode
+    from depthkv.runtime.generation import until_stop
+    from depthkv.workload import score
+
+    scorer = scorer or score
+    items, _ = workload_items(workload)
+    stop = stop_tokens(tokenizer, stop_at_newline)
+    device = next(model.parameters()).device
+    scores, tasks = [], []
+
+    def forward(ids: list[int] | torch.Tensor, cache: Any) -> torch.Tensor:
+        ids = ids if isinstance(ids, torch.Tensor) else torch.tensor([ids], device=device, dtype=torch.long)
+        return model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    with torch.inference_mode():
+        for item in tqdm(items, desc="card", unit="example", disable=not progress):
+            ctx, prefix, answer = encode_example(tokenizer, item.context, item.question, item.answer, "context")
+            cache = transformers.DynamicCache(config=model.config)
+            logits = forward(ctx, cache)
+            if prefix:
+                logits = forward(prefix, cache)
+            tokens, _ = greedy_decode(lambda t, c=cache: forward(t, c), logits, len(answer) + extra_tokens, stop_tokens=stop)
+            prediction = tokenizer.decode(until_stop(tokens[0].tolist(), stop), skip_special_tokens=True)
+            scores.append(float(scorer(item.source, prediction)))
+            tasks.append(item.task)
+    return scores, tasks
+
+
 def run_card(args: argparse.Namespace) -> dict[str, Any]:
-    from depthkv.evaluation import evaluate
     from depthkv.files import atomic_write_json
     from depthkv.workload import NATURAL_TASKS
 
@@ -57,12 +110,11 @@ def run_card(args: argparse.Namespace) -> dict[str, Any]:
     for length in args.lengths:
         workload = builtin_for(tokenizer, tasks, args.n_per_task, length, "evaluation", args.seed)
         workloads[length] = workload.describe()
-        result = evaluate(
-            model, tokenizer, workload, {"full": None}, **decoding(workload),
-            progress=not args.no_progress,
-        )["full"]
+        all_scores, all_tasks = full_cache_scores(
+            model, tokenizer, workload, **decoding(workload), progress=not args.no_progress
+        )
         for task in tasks:
-            scores = [s for s, t in zip(result.scores, result.tasks) if t == task]
+            scores = [s for s, t in zip(all_scores, all_tasks) if t == task]
             cells[f"{task}@{length}"] = {"accuracy": sum(scores) / len(scores), "n": len(scores), "scores": scores}
     learned = [t for t in tasks if cells[f"{t}@{default_length}"]["accuracy"] >= LEARNED]
     card = {

@@ -101,13 +101,13 @@ def decoding(workload: Any) -> dict[str, Any]:
 
     Byte-level tasks (exact answers): 2 tokens beyond the answer's length, stop at a newline. Where
     answers are found in the prediction (``"contains"``: real models add spaces, punctuation, a few
-    words, or start a list on a new line): 8 tokens beyond it, and a newline does not stop them (the
+    words, or start a list on a new line): 4 tokens beyond it, and a newline does not stop them (the
     scorer judges the first paragraph).
     """
     from depthkv.workload import scorer_of
 
     found = any(scorer_of(ex) == "contains" for ex in getattr(workload, "examples", workload))
-    return {"extra_tokens": 8, "stop_at_newline": False} if found else {"extra_tokens": 2, "stop_at_newline": True}
+    return {"extra_tokens": 4, "stop_at_newline": False} if found else {"extra_tokens": 2, "stop_at_newline": True}
 
 
 def add_policy_args(parser: argparse.ArgumentParser) -> None:
