@@ -1,0 +1,185 @@
+"""The real-model results of ``docs/results.md``, regenerated end to end from ``depthkv`` commands.
+
+Run from the repository root, after the models' cards (``depthkv card``, see
+``depthkv/models/cards/``)::
+
+    python benchmarks/real_models.py                        # every step below
+    python benchmarks/real_models.py --steps demo           # one kind of step
+    python benchmarks/real_models.py --tables-only          # rewrite docs/real/tables.md
+
+Steps (each a ``depthkv`` command, printed before it runs, its wall time kept in
+``docs/real/steps.json``):
+
+* ``demo`` — ``depthkv demo --model M --out docs/demo/M`` for SmolLM2-135M and Gemma-3-270M, sized by
+  each model's card (its learned natural-text tasks at 2,048 tokens).
+* ``transfer`` (SmolLM2) — calibrate on two task families, evaluate the plans on the other two and on
+  the same two (``docs/real/smollm2-135m/transfer/``): does a profile carry over to other tasks?
+* ``window`` (SmolLM2) — the demo again with SnapKV's published settings (observation window 32,
+  kernel 7; ``docs/real/smollm2-135m/window32/``).
+
+``docs/real/tables.md`` is written from those files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ("smollm2-135m", "gemma3-270m")
+FAMILIES = {"retrieval": ["prose_needle", "prose_multikey"], "reasoning": ["prose_multihop", "prose_vartrack"]}
+TRANSFER_MODEL = "smollm2-135m"
+TRANSFER_LENGTH = 2048
+TRANSFER_N_CALIB = 4  # per task: 8 calibration examples per family
+TRANSFER_N_EVAL = 8  # per task: 16 evaluation examples per family
+STRATEGIES = ("proportional", "softmax", "greedy")
+
+
+def run(argv: list[str], steps: list[dict]) -> None:
+    from depthkv.cli import main
+
+    print("$ depthkv " + shlex.join(argv), flush=True)
+    start = time.time()
+    status = main([*argv])
+    steps.append({"command": "depthkv " + shlex.join(argv), "status": status, "wall_s": round(time.time() - start, 1)})
+    if status != 0:
+        raise SystemExit(f"step failed (status {status}): depthkv {shlex.join(argv)}")
+
+
+def demos(steps: list[dict]) -> None:
+    for model in MODELS:
+        run(["demo", "--model", model, "--no-progress", "--out", f"docs/demo/{model}"], steps)
+
+
+def transfer(steps: list[dict]) -> None:
+    """Calibrate on each family; evaluate both profiles' plans on each family in one run per family
+    (one prefill per example serves every plan)."""
+    out = Path("docs/real") / TRANSFER_MODEL / "transfer"
+    for family, tasks in FAMILIES.items():
+        run(["calibrate", "--model", TRANSFER_MODEL, "--tasks", *tasks, "--n-per-task", str(TRANSFER_N_CALIB),
+             "--context-length", str(TRANSFER_LENGTH), "--ablation-budget", "0.2", "0.1", "0.5", "--no-progress",
+             "--out", str(out / f"profile-{family}.json")], steps)
+    calibrated, other = list(FAMILIES)
+    for strategy in STRATEGIES:
+        run(["allocate", str(out / f"profile-{other}.json"), "--budget", "0.2", "--strategy", strategy,
+             "--out", str(out / "plans" / f"{other}-{strategy}.json")], steps)
+    for evaluated, tasks in FAMILIES.items():
+        # The first family's profile is allocated by evaluate itself (with the baselines), the
+        # second's plans come as files named after it.
+        files = [f"{other}-{s}={out / 'plans' / f'{other}-{s}.json'}" for s in STRATEGIES]
+        run(["evaluate", "--model", TRANSFER_MODEL, "--profile", str(out / f"profile-{calibrated}.json"),
+             "--plans", *files, "--tasks", *tasks, "--n-per-task", str(TRANSFER_N_EVAL),
+             "--context-length", str(TRANSFER_LENGTH), "--budgets", "0.2", "--strategies", *STRATEGIES,
+             "--no-controls", "--no-progress", "--out", str(out / f"on-{evaluated}")], steps)
+
+
+def window(steps: list[dict]) -> None:
+    run(["demo", "--model", TRANSFER_MODEL, "--window", "32", "--kernel", "7", "--no-progress",
+         "--out", f"docs/real/{TRANSFER_MODEL}/window32"], steps)
+
+
+def _cell(summary: dict) -> str:
+    return f"{summary['mean']:.3f} [{summary['low']:.2f}, {summary['high']:.2f}]"
+
+
+def tables() -> str:
+    """The markdown tables of the results page, from the report folders the steps wrote."""
+    lines = ["# Real-model tables", "", "Written by `python benchmarks/real_models.py` from `docs/demo/<model>/` and `docs/real/`.", ""]
+    for model in MODELS:
+        folder = ROOT / "docs" / "demo" / model
+        if not (folder / "results.json").exists():
+            continue
+        results = json.loads((folder / "results.json").read_text())
+        profile = json.loads((folder / "profile.json").read_text())
+        stats = profile["stats"]["by_budget"][0] if profile.get("stats") else None
+        deg = profile["degradation"][0]
+        n_layers = len(deg[0])
+        means = [sum(row[i] for row in deg) / len(deg) for i in range(n_layers)]
+        info = results["info"]
+        lines += [f"## {model}", "", f"{info['n_calib']} calibration / {info['n_eval']} evaluation examples, tasks "
+                  f"{', '.join(info['tasks'])}, context {info['context_length']} tokens, wall {info['wall_s']:.0f} s.", ""]
+        if stats:
+            lines += [f"Permutation test p = {stats['permutation']['pvalue']:.2g}, Friedman p = {stats['friedman']['pvalue']:.2g}.", ""]
+        top = sorted(range(n_layers), key=lambda i: -means[i])[:5]
+        lines += ["Most sensitive layers (mean answer-NLL increase, layer pruned alone to 20%): "
+                  + ", ".join(f"L{i} {means[i]:+.3f}" for i in top) + ".", ""]
+        budgets = info["budgets"]
+        lines += ["| method | " + " | ".join(f"{b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        methods = results["methods"]
+        names = sorted({n.split("@")[0] for n in methods if "@" in n})
+        lines.append("| full cache | " + " | ".join(f"{methods['full']['mean']:.3f}" for _ in budgets) + " |")
+        for name in names:
+            cells = [_cell(methods[f"{name}@{b}"]) if f"{name}@{b}" in methods else "—" for b in budgets]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        plans = results.get("plans", {})
+        lines += ["", "Budgets at 0.2:", ""]
+        for name, budget in plans.items():
+            if name.endswith("@0.2") and "-shuffled" not in name and "-inverse" not in name:
+                lines.append(f"- {name}: {' '.join('full' if b is None else str(b) for b in budget)}")
+        lines.append("")
+    transfer_dir = ROOT / "docs" / "real" / TRANSFER_MODEL / "transfer"
+    calibrated, other = list(FAMILIES)
+    header = ["evaluated on", "full", "uniform", "pyramid"] + [
+        f"{s} ({c})" for s in STRATEGIES for c in (calibrated, other)
+    ]
+    rows = []
+    for evaluated in FAMILIES:
+        path = transfer_dir / f"on-{evaluated}" / "results.json"
+        if not path.exists():
+            continue
+        m = json.loads(path.read_text())["methods"]
+        keys = ["uniform@0.2", "pyramid@0.2"] + [
+            k for s in STRATEGIES for k in (f"depthkv-{s}@0.2", f"{other}-{s}")
+        ]
+        rows.append(f"| {evaluated} | {m['full']['mean']:.3f} | " + " | ".join(_cell(m[k]) for k in keys) + " |")
+    if rows:
+        lines += [f"## Transfer ({TRANSFER_MODEL}, 20% of {TRANSFER_LENGTH} tokens)", "",
+                  f"Profiles calibrated on {calibrated} ({', '.join(FAMILIES[calibrated])}) and on {other} "
+                  f"({', '.join(FAMILIES[other])}); the DepthKV columns name the profile's family.", "",
+                  "| " + " | ".join(header) + " |", "|---" * len(header) + "|", *rows, ""]
+    cards = []
+    for model in MODELS:
+        path = ROOT / "depthkv" / "models" / "cards" / f"{model}.json"
+        if path.exists():
+            cards.append(json.loads(path.read_text()))
+    if cards:
+        lines += ["## Cards: full-cache accuracy per task", "",
+                  "| model | task | " + " | ".join(f"{n} tokens" for n in cards[0]["lengths"]) + " | learned |",
+                  "|---|---|" + "---|" * len(cards[0]["lengths"]) + "---|"]
+        for card in cards:
+            for task in card["tasks"]:
+                accs = [card["cells"][f"{task}@{n}"]["accuracy"] for n in card["lengths"]]
+                lines.append(f"| {card['model']} | {task} | " + " | ".join(f"{a:.2f}" for a in accs)
+                             + f" | {card['n']} | {'yes' if task in card['learned_tasks'] else 'no'} |")
+        lines += ["", "n: examples per cell (evaluation split); learned: full-cache accuracy at least "
+                  f"{cards[0]['learned_threshold']} at {cards[0]['default_length']} tokens.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", nargs="+", default=["demo", "transfer", "window"], choices=["demo", "transfer", "window"])
+    parser.add_argument("--tables-only", action="store_true")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    os.chdir(ROOT)
+    from depthkv.files import atomic_write_json, atomic_write_text
+
+    if not args.tables_only:
+        record = ROOT / "docs" / "real" / "steps.json"
+        steps = json.loads(record.read_text()) if record.exists() else []
+        for name in args.steps:
+            {"demo": demos, "transfer": transfer, "window": window}[name](steps)
+            atomic_write_json(record, steps)
+    atomic_write_text(ROOT / "docs" / "real" / "tables.md", tables())
+    print(f"tables written to {ROOT / 'docs' / 'real' / 'tables.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
