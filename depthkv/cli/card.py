@@ -41,6 +41,10 @@ def add_parser(sub: Any) -> None:
     card.add_argument(
         "--demo-strategies", nargs="+", default=["proportional", "softmax", "greedy"], help="its demo's strategies"
     )
+    card.add_argument(
+        "--demo-controls-at", choices=["all", "primary"], default="primary",
+        help="its demo's controls: for every budget's DepthKV plans or the primary budget's (primary)",
+    )
     card.add_argument("--out", required=True, help="card JSON path")
     card.add_argument("--no-progress", action="store_true")
     card.set_defaults(run=run_card)
@@ -127,7 +131,8 @@ def run_card(args: argparse.Namespace) -> dict[str, Any]:
         "learned_threshold": LEARNED,
         "default_length": default_length,
         "learned_tasks": learned,
-        "demo": {"n_calib": args.demo_n_calib, "n_eval": args.demo_n_eval, "strategies": list(args.demo_strategies)},
+        "demo": {"n_calib": args.demo_n_calib, "n_eval": args.demo_n_eval, "strategies": list(args.demo_strategies),
+                 "controls_at": args.demo_controls_at},
         "cells": cells,
         "workloads": {str(k): v for k, v in workloads.items()},
         "info": run_info(args, start),

@@ -72,6 +72,11 @@ def add_parser(sub: Any) -> None:
     demo.add_argument("--seed", type=int, default=0, help="seed of the workload, the tests, the split and the controls")
     demo.add_argument("--budgets", type=fraction_arg, nargs="+", default=None, help="global budgets to evaluate (fractions)")
     demo.add_argument("--strategies", nargs="+", default=None, help="DepthKV strategies to evaluate")
+    demo.add_argument(
+        "--controls-at", choices=["all", "primary"], default=None,
+        help="controls for the DepthKV plans of every budget or of the primary --budget only "
+        "(default: all; a real model's card: primary, to keep the demo within minutes)",
+    )
     add_comparison_args(demo)
     demo.add_argument("--quick", action="store_true", help="small run for CI (under 2 minutes)")
     demo.add_argument("--no-progress", action="store_true")
@@ -160,6 +165,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         n_perm = 10_000
     budgets = list(args.budgets or budgets)
     strategies = tuple(args.strategies or strategies)
+    controls_at = args.controls_at or sizes.get("controls_at", "all")
     if args.budget not in budgets:
         budgets = sorted({*budgets, args.budget})
     ablation = list(dict.fromkeys(ablation))
@@ -192,7 +198,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     )
     methods = method_plans(
         model, profile, budgets, strategies=strategies, baselines=baselines, controls=not args.no_controls,
-        seed=args.seed,
+        control_budgets=None if controls_at == "all" else [args.budget], seed=args.seed,
     )
     results = evaluate(
         model, tokenizer, evalw, methods, **decoding(evalw), progress=not args.no_progress
@@ -213,6 +219,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         quick=bool(args.quick),
         **({"eval_source": _eval_source(args), "data": split_record} if args.workload else {}),
         controls=not args.no_controls,
+        controls_at=controls_at,
     )
     files = write_report(out, profile, plans, summaries, budgets, info, all_plans=every)
     (out / "profile.partial.json").unlink(missing_ok=True)

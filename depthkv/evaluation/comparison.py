@@ -146,6 +146,7 @@ def method_plans(
     *,
     baselines: Sequence[str] = BASELINES,
     controls: bool = False,
+    control_budgets: Sequence[Budget] | None = None,
     seed: int = 0,
 ) -> dict[str, Plan | None]:
     """The standard comparison: full cache, uniform SnapKV, PyramidKV and DepthKV strategies per budget.
@@ -158,6 +159,7 @@ def method_plans(
         controls: also each DepthKV plan's controls, ``"depthkv-<strategy>-shuffled@0.2"`` and
             ``"depthkv-<strategy>-inverse@0.2"`` (:mod:`depthkv.evaluation.controls`; ``seed`` is the
             shuffle's seed), right after the plan they control for.
+        control_budgets: the budgets whose DepthKV plans get controls (default: every budget).
     """
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
@@ -170,4 +172,12 @@ def method_plans(
             if s == "greedy" and len(profile.ablation_budgets) < 2:
                 continue
             methods[f"depthkv-{s}@{b}"] = allocate(profile, b, s, policy=policy)
-    return controls_for(methods, profile.sensitivity(), seed) if controls else methods
+    if not controls:
+        return methods
+    only = None
+    if control_budgets is not None:
+        unknown = [c for c in control_budgets if c not in budgets]
+        if unknown:
+            raise ValueError(f"control budget(s) {unknown} are not among the evaluated budgets {list(budgets)}")
+        only = {n for n in methods for c in control_budgets if n.endswith(f"@{c}")}
+    return controls_for(methods, profile.sensitivity(), seed, only=only)

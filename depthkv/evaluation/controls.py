@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -198,8 +198,14 @@ def is_control(plan: Plan | None) -> bool:
     return plan is not None and plan.metadata.get("control") in CONTROLS
 
 
-def controls_for(methods: dict[str, Plan | None], sensitivity: Sequence[float], seed: int = 0) -> dict[str, Plan | None]:
-    """``methods`` with both controls after each DepthKV plan (``depthkv-<strategy>@<budget>``).
+def controls_for(
+    methods: dict[str, Plan | None],
+    sensitivity: Sequence[float],
+    seed: int = 0,
+    only: Collection[str] | None = None,
+) -> dict[str, Plan | None]:
+    """``methods`` with both controls after each DepthKV plan (``depthkv-<strategy>@<budget>``), or
+    after those of them named in ``only``.
 
     Other methods (the full cache, baselines, plan files, existing controls) are kept as they are
     and get no controls.
@@ -207,7 +213,7 @@ def controls_for(methods: dict[str, Plan | None], sensitivity: Sequence[float], 
     out: dict[str, Plan | None] = {}
     for name, plan in methods.items():
         out[name] = plan
-        if plan is None or is_control(plan) or not _DEPTHKV.match(name):
+        if plan is None or is_control(plan) or not _DEPTHKV.match(name) or (only is not None and name not in only):
             continue
         for kind in CONTROLS:
             cname = control_name(name, kind)

@@ -122,3 +122,18 @@ def test_method_plans_with_controls(setup):
     assert inverse[int(np.argmax(profile.sensitivity()))] == min(source.budgets)
     with pytest.raises(ValueError, match="unknown baseline"):
         method_plans(model, profile, [0.3], baselines=("snapkv",))
+
+
+def test_method_plans_with_controls_at_chosen_budgets_only(setup):
+    """`control_budgets` (the real models' demo: the primary budget) gives controls to the DepthKV
+    plans of those budgets and of no other; a budget that is not evaluated is an error."""
+    model, tok, profile = setup
+    methods = method_plans(
+        model, profile, [0.2, 0.3], strategies=("proportional",), baselines=(), controls=True, control_budgets=[0.3]
+    )
+    assert list(methods) == ["full", "depthkv-proportional@0.2", "depthkv-proportional@0.3",
+                             "depthkv-proportional-shuffled@0.3", "depthkv-proportional-inverse@0.3"]
+    every = method_plans(model, profile, [0.2, 0.3], strategies=("proportional",), baselines=(), controls=True)
+    assert "depthkv-proportional-shuffled@0.2" in every
+    with pytest.raises(ValueError, match="not among the evaluated budgets"):
+        method_plans(model, profile, [0.2], strategies=("proportional",), controls=True, control_budgets=[0.3])
