@@ -35,9 +35,9 @@ MODELS = ("smollm2-135m", "gemma3-270m")
 FAMILIES = {"retrieval": ["prose_needle", "prose_multikey"], "reasoning": ["prose_multihop", "prose_vartrack"]}
 TRANSFER_MODEL = "smollm2-135m"
 TRANSFER_LENGTH = 2048
-TRANSFER_N_CALIB = 4  # per task: 8 calibration examples per family
-TRANSFER_N_EVAL = 8  # per task: 16 evaluation examples per family
-STRATEGIES = ("proportional", "softmax", "greedy")
+TRANSFER_N_CALIB = 3  # per task: 6 calibration examples per family
+TRANSFER_N_EVAL = 6  # per task: 12 evaluation examples per family
+STRATEGIES = ("proportional", "greedy")
 
 
 def run(argv: list[str], steps: list[dict]) -> None:
@@ -51,8 +51,8 @@ def run(argv: list[str], steps: list[dict]) -> None:
         raise SystemExit(f"step failed (status {status}): depthkv {shlex.join(argv)}")
 
 
-def demos(steps: list[dict]) -> None:
-    for model in MODELS:
+def demos(steps: list[dict], models: tuple[str, ...] = MODELS) -> None:
+    for model in models:
         run(["demo", "--model", model, "--no-progress", "--out", f"docs/demo/{model}"], steps)
 
 
@@ -62,7 +62,7 @@ def transfer(steps: list[dict]) -> None:
     out = Path("docs/real") / TRANSFER_MODEL / "transfer"
     for family, tasks in FAMILIES.items():
         run(["calibrate", "--model", TRANSFER_MODEL, "--tasks", *tasks, "--n-per-task", str(TRANSFER_N_CALIB),
-             "--context-length", str(TRANSFER_LENGTH), "--ablation-budget", "0.2", "0.1", "0.5", "--no-progress",
+             "--context-length", str(TRANSFER_LENGTH), "--ablation-budget", "0.2", "0.1", "0.5", "--compress", "prompt", "--no-progress",
              "--out", str(out / f"profile-{family}.json")], steps)
     calibrated, other = list(FAMILIES)
     for strategy in STRATEGIES:
@@ -164,6 +164,7 @@ def tables() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", nargs="+", default=["demo", "transfer", "window"], choices=["demo", "transfer", "window"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="the demo step's models")
     parser.add_argument("--tables-only", action="store_true")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -174,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         record = ROOT / "docs" / "real" / "steps.json"
         steps = json.loads(record.read_text()) if record.exists() else []
         for name in args.steps:
-            {"demo": demos, "transfer": transfer, "window": window}[name](steps)
+            if name == "demo":
+                demos(steps, tuple(args.models))
+            else:
+                {"transfer": transfer, "window": window}[name](steps)
             atomic_write_json(record, steps)
     atomic_write_text(ROOT / "docs" / "real" / "tables.md", tables())
     print(f"tables written to {ROOT / 'docs' / 'real' / 'tables.md'}")

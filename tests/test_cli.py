@@ -256,6 +256,35 @@ def test_demo_on_your_own_jsonl_file(checkpoint, tmp_path, capsys):
     again = json.loads((other / "results.json").read_text())
     assert again["methods"]["full"] == results["methods"]["full"]
     assert not (other / "calibration.jsonl").exists()
+    assert results["info"]["compress"] == "context" and results["info"]["controls_at"] == "all"
+
+
+def test_demo_and_evaluate_compress_where_they_are_told(checkpoint, small_profile, tmp_path, monkeypatch):
+    """`--compress prompt` (SnapKV's query-aware setting) reaches both calibration and evaluation in
+    the demo; `depthkv evaluate --profile` compresses where the profile was calibrated unless told."""
+    import depthkv.calibration
+    import depthkv.evaluation
+
+    seen = []
+    real_evaluate, real_calibrate = depthkv.evaluation.evaluate, depthkv.calibration.calibrate
+    monkeypatch.setattr(depthkv.evaluation, "evaluate", lambda *a, **k: seen.append(("evaluate", k["compress"])) or real_evaluate(*a, **k))
+    monkeypatch.setattr(depthkv.calibration, "calibrate", lambda *a, **k: seen.append(("calibrate", k["compress"])) or real_calibrate(*a, **k))
+    data = small_profile.parent / "wl.jsonl"
+    demo = ["demo", "--model", str(checkpoint), "--workload", str(data), "--eval-workload", str(data), "--quick",
+            "--budgets", "0.3", "--strategies", "proportional", "--no-controls", "--no-progress", "--compress", "prompt"]
+    assert main([*demo, "--out", str(tmp_path / "demo")]) == 0
+    assert seen == [("calibrate", "prompt"), ("evaluate", "prompt")]
+    assert json.loads((tmp_path / "demo" / "profile.json").read_text())["settings"]["compress"] == "prompt"
+    assert "compressed after the context + question" in (tmp_path / "demo" / "report.md").read_text()
+    seen.clear()
+    base = ["evaluate", "--model", str(checkpoint), "--workload", str(data), "--budgets", "0.3", "--strategies",
+            "proportional", "--no-controls", "--no-progress"]
+    prompt_profile = str(tmp_path / "demo" / "profile.json")
+    assert main([*base, "--profile", prompt_profile, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--profile", str(small_profile), "--out", str(tmp_path / "b")]) == 0
+    assert main([*base, "--profile", prompt_profile, "--compress", "context", "--out", str(tmp_path / "c")]) == 0
+    assert seen == [("evaluate", "prompt"), ("evaluate", "context"), ("evaluate", "context")]
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["info"]["compress"] == "prompt"
 
 
 @pytest.mark.parametrize(
@@ -294,11 +323,13 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "smollm2-135m", "gemma3-270m"])
 def test_demo_leaves_out_the_tasks_the_card_calls_not_learned(name):
     """Issue 3: a task the model has not learned is said so on its card and left out of the
     default workload. The demo's tasks are exactly the card's learned ones, each at or above the
-    card's threshold at the trained length; a model without a card gets the built-in defaults."""
+    card's threshold at the trained length (a real model's card: its default length); a model
+    without a card gets the built-in defaults. The real models' cards are committed files, read
+    without loading the model."""
     from depthkv.cli.common import card as model_card
     from depthkv.cli.common import default_tasks
     from depthkv.workload import DEFAULT_TASKS
@@ -306,7 +337,8 @@ def test_demo_leaves_out_the_tasks_the_card_calls_not_learned(name):
     card = model_card(name)
     tasks = default_tasks(name)
     assert tasks == card["learned_tasks"] and tasks
-    length, threshold = card["trained_length"], card["learned_threshold"]
+    length = card.get("trained_length", card.get("default_length"))
+    threshold = card["learned_threshold"]
     for task in card["tasks"]:
         accuracy = card["cells"][f"{task}@{length}"]["accuracy"]
         assert (task in tasks) == (accuracy >= threshold), (task, accuracy)
@@ -376,3 +408,25 @@ def test_the_policy_s_window_and_kernel_from_the_command_line(checkpoint, small_
     assert main([*args, "--window", "4", "--kernel", "3", "--no-progress", "--out", str(out)]) == 0
     assert Profile.load(out).policy == PolicyConfig(name="snapkv", window=4, kernel=3)
     assert main([*args, "--kernel", "4", "--out", str(tmp_path / "q.json")]) == 2  # kernels are odd
+
+
+def test_card_scores_the_unmodified_model_as_evaluate_scores_the_full_cache():
+    """`depthkv card` runs the model itself (transformers' cache, no depthkv attention) for speed; it
+    must prompt, generate, stop and score exactly as `depthkv.evaluate`'s full cache does. The
+    scorer moves with every character of the prediction, so a different prompt (the question left
+    out, special tokens), length or stop rule shows."""
+    import zlib
+
+    import depthkv
+    from depthkv.cli.card import full_cache_scores
+
+    model, tokenizer = depthkv.load_model("tiny-llama")
+    workload = depthkv.builtin_workload(["niah_single", "kv_retrieval"], n_per_task=3, context_length=300, split="evaluation")
+
+    def scorer(example, prediction):
+        return float(zlib.crc32(prediction.encode()))
+
+    for decoding in ({"extra_tokens": 2, "stop_at_newline": True}, {"extra_tokens": 5, "stop_at_newline": False}):
+        full = depthkv.evaluate(model, tokenizer, workload, {"full": None}, scorer=scorer, progress=False, **decoding)["full"]
+        scores, tasks = full_cache_scores(model, tokenizer, workload, scorer=scorer, progress=False, **decoding)
+        assert scores == full.scores and tasks == full.tasks

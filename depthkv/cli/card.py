@@ -45,6 +45,11 @@ def add_parser(sub: Any) -> None:
         "--demo-controls-at", choices=["all", "primary"], default="primary",
         help="its demo's controls: for every budget's DepthKV plans or the primary budget's (primary)",
     )
+    card.add_argument(
+        "--demo-compress", choices=["context", "prompt"], default="prompt",
+        help="its demo's compression point (prompt: SnapKV's query-aware setting, which the published "
+        "baselines use)",
+    )
     card.add_argument("--out", required=True, help="card JSON path")
     card.add_argument("--no-progress", action="store_true")
     card.set_defaults(run=run_card)
@@ -132,7 +137,7 @@ def run_card(args: argparse.Namespace) -> dict[str, Any]:
         "default_length": default_length,
         "learned_tasks": learned,
         "demo": {"n_calib": args.demo_n_calib, "n_eval": args.demo_n_eval, "strategies": list(args.demo_strategies),
-                 "controls_at": args.demo_controls_at},
+                 "controls_at": args.demo_controls_at, "compress": args.demo_compress},
         "cells": cells,
         "workloads": {str(k): v for k, v in workloads.items()},
         "info": run_info(args, start),

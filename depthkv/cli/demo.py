@@ -73,6 +73,12 @@ def add_parser(sub: Any) -> None:
     demo.add_argument("--budgets", type=fraction_arg, nargs="+", default=None, help="global budgets to evaluate (fractions)")
     demo.add_argument("--strategies", nargs="+", default=None, help="DepthKV strategies to evaluate")
     demo.add_argument(
+        "--compress", choices=["context", "prompt"], default=None,
+        help="compress after the context, the question coming later (multi-turn, RAG), or after context + "
+        "question (SnapKV's query-aware setting, the published baselines'); default: the model's card's, else "
+        "context",
+    )
+    demo.add_argument(
         "--controls-at", choices=["all", "primary"], default=None,
         help="controls for the DepthKV plans of every budget or of the primary --budget only "
         "(default: all; a real model's card: primary, to keep the demo within minutes)",
@@ -166,6 +172,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     budgets = list(args.budgets or budgets)
     strategies = tuple(args.strategies or strategies)
     controls_at = args.controls_at or sizes.get("controls_at", "all")
+    compress = args.compress or sizes.get("compress", "context")
     if args.budget not in budgets:
         budgets = sorted({*budgets, args.budget})
     ablation = list(dict.fromkeys(ablation))
@@ -191,6 +198,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         ablation_budget=ablation,
         metric=args.metric,
         policy=policy_from_args(args),
+        compress=compress,
         checkpoint=out / "profile.partial.json",
         n_permutations=n_perm,
         seed=args.seed,
@@ -201,7 +209,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         control_budgets=None if controls_at == "all" else [args.budget], seed=args.seed,
     )
     results = evaluate(
-        model, tokenizer, evalw, methods, **decoding(evalw), progress=not args.no_progress
+        model, tokenizer, evalw, methods, compress=compress, **decoding(evalw), progress=not args.no_progress
     )
     summaries = {name: r.summary(seed=args.seed) for name, r in results.items()}
     b = args.budget
@@ -220,6 +228,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         **({"eval_source": _eval_source(args), "data": split_record} if args.workload else {}),
         controls=not args.no_controls,
         controls_at=controls_at,
+        compress=compress,
     )
     files = write_report(out, profile, plans, summaries, budgets, info, all_plans=every)
     (out / "profile.partial.json").unlink(missing_ok=True)

@@ -65,6 +65,11 @@ def add_parser(sub: Any) -> None:
              "has curves)",
     )
     add_comparison_args(ev)
+    ev.add_argument(
+        "--compress", choices=["context", "prompt"], default=None,
+        help="where the cache is compressed: after the context (questions come later) or after context + "
+        "question (SnapKV's query-aware setting); default: the profile's, else context",
+    )
     ev.add_argument("--no-full", action="store_true", help="leave out the full-cache baseline")
     add_workload_args(ev, split="evaluation", n_per_task=32)
     ev.add_argument(
@@ -148,8 +153,9 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if profile is not None and (profile.workload or {}).get("examples_sha256") == workload.fingerprint():
         print("depthkv evaluate: warning: this is the workload the profile was calibrated on; "
               "accuracy measured on it overstates what the plans do on new examples")
+    compress = args.compress or (profile.settings.get("compress") if profile is not None else None) or "context"
     results = evaluate(
-        model, tokenizer, workload, methods, **decoding(workload), progress=not args.no_progress
+        model, tokenizer, workload, methods, compress=compress, **decoding(workload), progress=not args.no_progress
     )
     summaries = {name: r.summary(seed=0) for name, r in results.items()}
     every = {name: plan for name, plan in methods.items() if plan is not None}
@@ -170,6 +176,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         budgets=budgets,
         global_budget=primary,
         controls=bool(profile is not None and not args.no_controls),
+        compress=compress,
         seed=args.seed,
     )
     extra = {

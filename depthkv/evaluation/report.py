@@ -298,7 +298,9 @@ def render_markdown(
     if profile is not None:
         lines.append(
             f"Calibration: {profile.n_examples} examples ({profile.workload.get('split', '?')} split), metric "
-            f"`{profile.metric}`, ablation budget(s) {profile.ablation_budgets}, policy `{profile.policy.name}`."
+            f"`{profile.metric}`, ablation budget(s) {profile.ablation_budgets}, policy `{profile.policy.name}` "
+            f"(window {profile.policy.window}), compressed after the "
+            f"{'context + question' if profile.settings.get('compress') == 'prompt' else 'context'}."
         )
     lines += [_evaluation_line(info), ""]
     if profile is not None:
