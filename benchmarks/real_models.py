@@ -14,7 +14,9 @@ Steps (each a ``depthkv`` command, printed before it runs, its wall time kept in
   each model's card (its learned natural-text tasks at 2,048 tokens).
 * ``transfer`` (SmolLM2) — calibrate on two task families, evaluate the plans on the other two and on
   the same two (``docs/real/smollm2-135m/transfer/``): does a profile carry over to other tasks?
-* ``window`` (SmolLM2) — the demo again with SnapKV's published settings (observation window 32,
+* ``floors`` (SmolLM2) — ``greedy`` and ``proportional`` allocated from the demo's profile with
+  floors 32 and 128, on the demo's evaluation examples (``docs/real/smollm2-135m/floors/``).
+* ``window`` (SmolLM2, not in the default steps) — the demo again with SnapKV's published settings (observation window 32,
   kernel 7; ``docs/real/smollm2-135m/window32/``).
 
 ``docs/real/tables.md`` is written from those files.
@@ -38,6 +40,7 @@ TRANSFER_LENGTH = 2048
 TRANSFER_N_CALIB = 3  # per task: 6 calibration examples per family
 TRANSFER_N_EVAL = 6  # per task: 12 evaluation examples per family
 STRATEGIES = ("proportional", "greedy")
+FLOORS = (32, 128)
 
 
 def run(argv: list[str], steps: list[dict]) -> None:
@@ -78,6 +81,25 @@ def transfer(steps: list[dict]) -> None:
              "--no-controls", "--no-progress", "--out", str(out / f"on-{evaluated}")], steps)
 
 
+def floors(steps: list[dict]) -> None:
+    """``greedy`` and ``proportional`` from the SmolLM2 demo's profile with higher floors (the
+    smallest budget of any layer), on the demo's own evaluation examples."""
+    demo = Path("docs/demo") / TRANSFER_MODEL
+    out = Path("docs/real") / TRANSFER_MODEL / "floors"
+    info = json.loads((demo / "results.json").read_text())["info"]
+    files = []
+    for strategy in STRATEGIES:
+        for floor in FLOORS:
+            path = out / "plans" / f"{strategy}-floor{floor}.json"
+            run(["allocate", str(demo / "profile.json"), "--budget", "0.2", "--strategy", strategy,
+                 "--floor", str(floor), "--out", str(path)], steps)
+            files.append(f"{strategy}-floor{floor}={path}")
+    n_eval = info["n_eval"] // len(info["tasks"])
+    run(["evaluate", "--model", TRANSFER_MODEL, "--plans", *files, "--tasks", *info["tasks"], "--n-per-task",
+         str(n_eval), "--context-length", str(info["context_length"]), "--compress", "prompt", "--no-progress",
+         "--out", str(out)], steps)
+
+
 def window(steps: list[dict]) -> None:
     run(["demo", "--model", TRANSFER_MODEL, "--window", "32", "--kernel", "7", "--no-progress",
          "--out", f"docs/real/{TRANSFER_MODEL}/window32"], steps)
@@ -90,8 +112,9 @@ def _cell(summary: dict) -> str:
 def tables() -> str:
     """The markdown tables of the results page, from the report folders the steps wrote."""
     lines = ["# Real-model tables", "", "Written by `python benchmarks/real_models.py` from `docs/demo/<model>/` and `docs/real/`.", ""]
-    for model in MODELS:
-        folder = ROOT / "docs" / "demo" / model
+    folders = [(model, ROOT / "docs" / "demo" / model) for model in MODELS]
+    folders.append((f"{TRANSFER_MODEL}, SnapKV window 32, kernel 7", ROOT / "docs" / "real" / TRANSFER_MODEL / "window32"))
+    for model, folder in folders:
         if not (folder / "results.json").exists():
             continue
         results = json.loads((folder / "results.json").read_text())
@@ -142,6 +165,14 @@ def tables() -> str:
                   f"Profiles calibrated on {calibrated} ({', '.join(FAMILIES[calibrated])}) and on {other} "
                   f"({', '.join(FAMILIES[other])}); the DepthKV columns name the profile's family.", "",
                   "| " + " | ".join(header) + " |", "|---" * len(header) + "|", *rows, ""]
+    floors_file = ROOT / "docs" / "real" / TRANSFER_MODEL / "floors" / "results.json"
+    if floors_file.exists():
+        m = json.loads(floors_file.read_text())["methods"]
+        lines += [f"## Floors ({TRANSFER_MODEL}, 20%, the demo's evaluation examples)", "",
+                  "| strategy | " + " | ".join(f"floor {f}" for f in FLOORS) + " |", "|---|" + "---|" * len(FLOORS)]
+        for strategy in STRATEGIES:
+            lines.append(f"| {strategy} | " + " | ".join(_cell(m[f"{strategy}-floor{f}"]) for f in FLOORS) + " |")
+        lines += ["", f"Full cache {m['full']['mean']:.3f}.", ""]
     cards = []
     for model in MODELS:
         path = ROOT / "depthkv" / "models" / "cards" / f"{model}.json"
@@ -163,7 +194,7 @@ def tables() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", nargs="+", default=["demo", "transfer", "window"], choices=["demo", "transfer", "window"])
+    parser.add_argument("--steps", nargs="+", default=["demo", "transfer", "floors"], choices=["demo", "transfer", "floors", "window"])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="the demo step's models")
     parser.add_argument("--tables-only", action="store_true")
     args = parser.parse_args(argv)
@@ -178,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "demo":
                 demos(steps, tuple(args.models))
             else:
-                {"transfer": transfer, "window": window}[name](steps)
+                {"transfer": transfer, "floors": floors, "window": window}[name](steps)
             atomic_write_json(record, steps)
     atomic_write_text(ROOT / "docs" / "real" / "tables.md", tables())
     print(f"tables written to {ROOT / 'docs' / 'real' / 'tables.md'}")

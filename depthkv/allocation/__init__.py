@@ -7,6 +7,6 @@
 """
 
 from depthkv.allocation.plans import allocate, plan_from_budgets, uniform_plan
-from depthkv.allocation.strategies import STRATEGIES, allocate_from_sensitivity
+from depthkv.allocation.strategies import DEFAULT_STRATEGY, STRATEGIES, allocate_from_sensitivity
 
-__all__ = ["STRATEGIES", "allocate", "allocate_from_sensitivity", "plan_from_budgets", "uniform_plan"]
+__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "allocate", "allocate_from_sensitivity", "plan_from_budgets", "uniform_plan"]

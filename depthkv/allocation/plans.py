@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from depthkv.allocation.strategies import STRATEGIES, allocate_from_sensitivity
+from depthkv.allocation.strategies import DEFAULT_STRATEGY, STRATEGIES, allocate_from_sensitivity
 from depthkv.policies import PolicyConfig, as_policy
 from depthkv.profile import Budget, Plan, Profile, budget_tokens, check_budget, fingerprint, round_tokens
 from depthkv.profile.budget import is_fraction
@@ -100,7 +100,7 @@ def _layer_caps(fp: Any, max_tokens: int | None, n_layers: int) -> tuple[Any, in
 def allocate(
     profile: Profile,
     budget: Budget,
-    strategy: str = "proportional",
+    strategy: str = DEFAULT_STRATEGY,
     *,
     policy: PolicyConfig | dict | str | None = None,
     floor: int | None = None,

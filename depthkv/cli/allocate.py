@@ -10,7 +10,7 @@ from depthkv.cli.common import budget_arg, load
 
 
 def add_parsers(sub: Any) -> None:
-    from depthkv.allocation import STRATEGIES
+    from depthkv.allocation import DEFAULT_STRATEGY, STRATEGIES
 
     alloc = sub.add_parser("allocate", help="turn a profile into a plan")
     alloc.add_argument("profile")
@@ -18,7 +18,7 @@ def add_parsers(sub: Any) -> None:
         "--budget", type=budget_arg, required=True,
         help="global budget: a fraction of the context (0.2; 1.0 = all of it) or tokens per layer (512)",
     )
-    alloc.add_argument("--strategy", default="proportional", choices=STRATEGIES)
+    alloc.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES)
     alloc.add_argument(
         "--floor", type=int, default=None, help="smallest budget of any layer (default and minimum: window + sinks)"
     )

@@ -23,7 +23,7 @@ import argparse
 import time
 from typing import Any
 
-from depthkv.cli.common import builtin_for, decoding, load, print_table, run_info
+from depthkv.cli.common import DEMO_STRATEGIES, builtin_for, decoding, load, print_table, run_info
 
 LEARNED = 0.8
 
@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> None:
     card.add_argument("--demo-n-calib", type=int, default=4, help="calibration examples per task of its demo (4)")
     card.add_argument("--demo-n-eval", type=int, default=12, help="evaluation examples per task of its demo (12)")
     card.add_argument(
-        "--demo-strategies", nargs="+", default=["proportional", "softmax", "greedy"], help="its demo's strategies"
+        "--demo-strategies", nargs="+", default=list(DEMO_STRATEGIES), help="its demo's strategies (all four)"
     )
     card.add_argument(
         "--demo-controls-at", choices=["all", "primary"], default="primary",

@@ -9,7 +9,7 @@ from depthkv.cli.common import budget_arg, calibration_workload, load
 
 
 def add_parser(sub: Any) -> None:
-    from depthkv.allocation import STRATEGIES
+    from depthkv.allocation import DEFAULT_STRATEGY, STRATEGIES
 
     tune = sub.add_parser("tune-floor", help="allocate at several floors, measure each plan whole, keep the best")
     tune.add_argument("profile")
@@ -17,7 +17,7 @@ def add_parser(sub: Any) -> None:
     tune.add_argument(
         "--budget", type=budget_arg, required=True, help="global budget: a fraction (0.2) or tokens per layer (512)"
     )
-    tune.add_argument("--strategy", default="proportional", choices=STRATEGIES)
+    tune.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES)
     tune.add_argument("--workload", default=None, help="calibration JSONL (default: rebuilt from a built-in profile)")
     tune.add_argument("--floors", type=int, nargs="+", default=None, help="floors to try (default 8 16 32 ...)")
     tune.add_argument("--metric", default="score", choices=["score", "nll", "kl"], help="what is compared")

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from depthkv.allocation import allocate
+from depthkv.allocation import DEFAULT_STRATEGY, allocate
 from depthkv.kernels import resolve_impl
 from depthkv.kernels.custom_ops import register_ops
 from depthkv.kernels.registry import check_impl_name
@@ -93,7 +93,7 @@ def backend(
     plan_or_profile: Plan | Profile,
     *,
     budget: Budget | None = None,
-    strategy: str = "proportional",
+    strategy: str = DEFAULT_STRATEGY,
     policy: PolicyConfig | str | None = None,
     context_length: int | None = None,
     impl: str = "auto",

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from depthkv.allocation import allocate
+from depthkv.allocation import DEFAULT_STRATEGY, allocate
 from depthkv.calibration.engine import Engine, check_compress, distinct_policies, workload_items
 from depthkv.calibration.metrics import Degradation, check_metric
 from depthkv.profile import Budget, Plan, Profile
@@ -139,7 +139,7 @@ def tune_floor(
     workload: Any,
     profile: Profile,
     budget: Budget,
-    strategy: str = "proportional",
+    strategy: str = DEFAULT_STRATEGY,
     *,
     floors: Sequence[int] | None = None,
     metric: str = "score",

@@ -91,3 +91,26 @@ def test_explicit_plans_keep_full_layers_whole_and_check_the_floor_at_once(model
         depthkv.plan_from_budgets(model, [None, 4, 16])
     streaming = depthkv.plan_from_budgets(model, [None, 12, 12], policy="streaming")
     assert streaming.floor == 12
+
+
+def test_one_default_strategy_everywhere(model):
+    """The strategy used when none is named is `softmax` (re-chosen on the real models, issue 18),
+    and the same one in Python, the backend, tune_floor and the command line."""
+    import argparse
+    import inspect
+
+    from depthkv.allocation import DEFAULT_STRATEGY, allocate_from_sensitivity
+    from depthkv.cli import allocate as cli_allocate
+    from depthkv.cli import tune_floor as cli_tune
+    from depthkv.evaluation.plan_check import tune_floor
+
+    assert DEFAULT_STRATEGY == "softmax"
+    assert depthkv.allocate(make_profile(model), 0.2).strategy == DEFAULT_STRATEGY
+    for function in (depthkv.allocate, depthkv.backend, tune_floor, allocate_from_sensitivity):
+        assert inspect.signature(function).parameters["strategy"].default == DEFAULT_STRATEGY, function
+    for add in (cli_allocate.add_parsers, cli_tune.add_parser):
+        sub = argparse.ArgumentParser().add_subparsers()
+        add(sub)
+        for name, parser in sub.choices.items():
+            if any(a.dest == "strategy" for a in parser._actions):
+                assert parser.get_default("strategy") == DEFAULT_STRATEGY, name
