@@ -39,7 +39,7 @@ TRANSFER_MODEL = "smollm2-135m"
 TRANSFER_LENGTH = 2048
 TRANSFER_N_CALIB = 3  # per task: 6 calibration examples per family
 TRANSFER_N_EVAL = 6  # per task: 12 evaluation examples per family
-STRATEGIES = ("proportional", "greedy")
+STRATEGIES = ("proportional", "softmax", "greedy")
 FLOORS = (32, 128)
 
 
@@ -59,11 +59,14 @@ def demos(steps: list[dict], models: tuple[str, ...] = MODELS) -> None:
         run(["demo", "--model", model, "--no-progress", "--out", f"docs/demo/{model}"], steps)
 
 
-def transfer(steps: list[dict]) -> None:
+def transfer(steps: list[dict], evaluate_on: tuple[str, ...] = tuple(FAMILIES)) -> None:
     """Calibrate on each family; evaluate both profiles' plans on each family in one run per family
     (one prefill per example serves every plan)."""
     out = Path("docs/real") / TRANSFER_MODEL / "transfer"
     for family, tasks in FAMILIES.items():
+        if (out / f"profile-{family}.json").exists():  # calibrated by an earlier run: delete it to redo
+            print(f"kept {out / f'profile-{family}.json'}")
+            continue
         run(["calibrate", "--model", TRANSFER_MODEL, "--tasks", *tasks, "--n-per-task", str(TRANSFER_N_CALIB),
              "--context-length", str(TRANSFER_LENGTH), "--ablation-budget", "0.2", "0.1", "0.5", "--compress", "prompt", "--no-progress",
              "--out", str(out / f"profile-{family}.json")], steps)
@@ -71,7 +74,8 @@ def transfer(steps: list[dict]) -> None:
     for strategy in STRATEGIES:
         run(["allocate", str(out / f"profile-{other}.json"), "--budget", "0.2", "--strategy", strategy,
              "--out", str(out / "plans" / f"{other}-{strategy}.json")], steps)
-    for evaluated, tasks in FAMILIES.items():
+    for evaluated in evaluate_on:
+        tasks = FAMILIES[evaluated]
         # The first family's profile is allocated by evaluate itself (with the baselines), the
         # second's plans come as files named after it.
         files = [f"{other}-{s}={out / 'plans' / f'{other}-{s}.json'}" for s in STRATEGIES]
@@ -159,7 +163,8 @@ def tables() -> str:
         keys = ["uniform@0.2", "pyramid@0.2"] + [
             k for s in STRATEGIES for k in (f"depthkv-{s}@0.2", f"{other}-{s}")
         ]
-        rows.append(f"| {evaluated} | {m['full']['mean']:.3f} | " + " | ".join(_cell(m[k]) for k in keys) + " |")
+        rows.append(f"| {evaluated} | {m['full']['mean']:.3f} | "
+                    + " | ".join(_cell(m[k]) if k in m else "—" for k in keys) + " |")
     if rows:
         lines += [f"## Transfer ({TRANSFER_MODEL}, 20% of {TRANSFER_LENGTH} tokens)", "",
                   f"Profiles calibrated on {calibrated} ({', '.join(FAMILIES[calibrated])}) and on {other} "
@@ -196,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", nargs="+", default=["demo", "transfer", "floors"], choices=["demo", "transfer", "floors", "window"])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="the demo step's models")
+    parser.add_argument("--transfer-on", nargs="+", default=list(FAMILIES), choices=list(FAMILIES),
+                        help="the families the transfer step evaluates on")
     parser.add_argument("--tables-only", action="store_true")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -209,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             if name == "demo":
                 demos(steps, tuple(args.models))
             else:
-                {"transfer": transfer, "floors": floors, "window": window}[name](steps)
+                if name == "transfer":
+                    transfer(steps, tuple(args.transfer_on))
+                else:
+                    {"floors": floors, "window": window}[name](steps)
             atomic_write_json(record, steps)
     atomic_write_text(ROOT / "docs" / "real" / "tables.md", tables())
     print(f"tables written to {ROOT / 'docs' / 'real' / 'tables.md'}")
