@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from floor_study import run  # noqa: E402  (one way to run and time a depthkv step)
+
 MODELS = ("smollm2-135m", "gemma3-270m")
 FAMILIES = {"retrieval": ["prose_needle", "prose_multikey"], "reasoning": ["prose_multihop", "prose_vartrack"]}
 TRANSFER_MODEL = "smollm2-135m"
@@ -41,17 +42,6 @@ TRANSFER_N_CALIB = 3  # per task: 6 calibration examples per family
 TRANSFER_N_EVAL = 6  # per task: 12 evaluation examples per family
 STRATEGIES = ("proportional", "softmax", "greedy")
 FLOORS = (32, 128)
-
-
-def run(argv: list[str], steps: list[dict]) -> None:
-    from depthkv.cli import main
-
-    print("$ depthkv " + shlex.join(argv), flush=True)
-    start = time.time()
-    status = main([*argv])
-    steps.append({"command": "depthkv " + shlex.join(argv), "status": status, "wall_s": round(time.time() - start, 1)})
-    if status != 0:
-        raise SystemExit(f"step failed (status {status}): depthkv {shlex.join(argv)}")
 
 
 def demos(steps: list[dict], models: tuple[str, ...] = MODELS) -> None:

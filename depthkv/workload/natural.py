@@ -30,7 +30,7 @@ from depthkv.workload.prose import ProseCorpus, prose_corpus
 from depthkv.workload.prose_hops import prose_multihop
 from depthkv.workload.prose_needle import prose_multikey, prose_needle
 from depthkv.workload.prose_variables import prose_vartrack
-from depthkv.workload.workload import BUILTIN_SPLITS, Workload, split_seed
+from depthkv.workload.workload import Workload, check_task_request, split_seed
 
 NATURAL_GENERATORS: dict[str, Callable[..., Example]] = {
     "prose_needle": prose_needle,
@@ -119,17 +119,9 @@ def natural_workload(
     what differs when it cannot.
     """
     tasks = list(NATURAL_TASKS if tasks is None else tasks)
-    if split not in BUILTIN_SPLITS:
-        raise ValueError(f"split must be one of {BUILTIN_SPLITS} for a natural workload, got {split!r}")
-    unknown = [t for t in tasks if t not in NATURAL_TASKS]
-    if unknown:
-        raise ValueError(f"unknown natural task(s) {unknown}; known: {', '.join(NATURAL_TASKS)}")
-    if not tasks:
-        raise ValueError("tasks is empty")
-    if len(set(tasks)) != len(tasks):
-        raise ValueError(f"tasks has duplicates: {tasks}")
-    if n_per_task < 1:
-        raise ValueError(f"n_per_task must be >= 1, got {n_per_task}")
+    check_task_request(
+        tasks, NATURAL_TASKS, split, n_per_task, kind="natural", unknown_label="natural task(s)", known_label="known"
+    )
     corpus = prose_corpus()
     haystack = Haystack(tokenizer, corpus)
     examples = [

@@ -92,6 +92,26 @@ def split_seed(split: str, task: str, seed: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def check_task_request(
+    tasks: list[str], known: tuple[str, ...], split: str, n_per_task: int, *, kind: str, unknown_label: str, known_label: str
+) -> None:
+    """The checks every generated workload makes of what it is asked for (a ``ValueError`` naming
+    what is wrong): ``split`` one of :data:`BUILTIN_SPLITS`, ``tasks`` non-empty, known (in
+    ``known``) and distinct, ``n_per_task`` at least 1. ``kind`` names the workload in the split's
+    message ("built-in", "natural"); ``unknown_label``/``known_label`` word the unknown-task one."""
+    if split not in BUILTIN_SPLITS:
+        raise ValueError(f"split must be one of {BUILTIN_SPLITS} for a {kind} workload, got {split!r}")
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise ValueError(f"unknown {unknown_label} {unknown}; {known_label}: {', '.join(known)}")
+    if not tasks:
+        raise ValueError("tasks is empty")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks has duplicates: {tasks}")
+    if n_per_task < 1:
+        raise ValueError(f"n_per_task must be >= 1, got {n_per_task}")
+
+
 def builtin_workload(
     tasks: list[str] | None = None,
     n_per_task: int = 8,
@@ -101,17 +121,7 @@ def builtin_workload(
 ) -> Workload:
     """``n_per_task`` generated examples of each task (``DEFAULT_TASKS`` if ``None``), task by task."""
     tasks = list(DEFAULT_TASKS if tasks is None else tasks)
-    if split not in BUILTIN_SPLITS:
-        raise ValueError(f"split must be one of {BUILTIN_SPLITS} for a built-in workload, got {split!r}")
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known tasks: {', '.join(TASKS)}")
-    if not tasks:
-        raise ValueError("tasks is empty")
-    if len(set(tasks)) != len(tasks):
-        raise ValueError(f"tasks has duplicates: {tasks}")
-    if n_per_task < 1:
-        raise ValueError(f"n_per_task must be >= 1, got {n_per_task}")
+    check_task_request(tasks, TASKS, split, n_per_task, kind="built-in", unknown_label="task(s)", known_label="known tasks")
     examples = [
         ex
         for task in tasks
