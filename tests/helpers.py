@@ -175,11 +175,14 @@ def _placeholder(graph, name, shape, dtype=torch.float32):
     return node
 
 
-def build_graph(budgets, *, gqa_form="repeat", break_layer=None, extra_reader=False):
-    """A small Dynamo-like graph: per layer, stage -> (repeat_kv) -> sdpa, chained through the output."""
+def build_graph(budgets, *, gqa_form="repeat", break_layer=None, extra_reader=False, m=1, append=False):
+    """A small Dynamo-like graph: per layer, stage -> (repeat_kv) -> sdpa, chained through the output.
+
+    ``m`` new tokens per step (1 = a decode graph); ``append``: the cache's decode mode literal.
+    """
     graph = fx.Graph()
     extra = []
-    x = _placeholder(graph, "q0", (B, HKV * G, 1, D))
+    x = _placeholder(graph, "q0", (B, HKV * G, m, D))
     mask = _placeholder(graph, "mask", (B, 1, 1, MAX), torch.bool)
     stage = stage_op()
     for layer, budget in enumerate(budgets):
@@ -190,9 +193,9 @@ def build_graph(budgets, *, gqa_form="repeat", break_layer=None, extra_reader=Fa
             _placeholder(graph, f"score{layer}", (B, HKV, budget)),
             _placeholder(graph, f"seen{layer}", (), torch.long),
         ]
-        k_new = _placeholder(graph, f"k_new{layer}", (B, HKV, 1, D))
-        v_new = _placeholder(graph, f"v_new{layer}", (B, HKV, 1, D))
-        st = graph.call_function(stage, (*bufs, k_new, v_new, layer, MAX))
+        k_new = _placeholder(graph, f"k_new{layer}", (B, HKV, m, D))
+        v_new = _placeholder(graph, f"v_new{layer}", (B, HKV, m, D))
+        st = graph.call_function(stage, (*bufs, k_new, v_new, layer, MAX, budget, append))
         k = graph.call_function(operator.getitem, (st, 0))
         v = graph.call_function(operator.getitem, (st, 1))
         if layer == break_layer:
@@ -207,6 +210,7 @@ def build_graph(budgets, *, gqa_form="repeat", break_layer=None, extra_reader=Fa
         if extra_reader and layer == 0:
             extra.append(graph.call_function(torch.matmul, (x, graph.call_method("transpose", (k, -1, -2)))))
         x = graph.call_function(F.scaled_dot_product_attention, (x, k, v), kwargs)
+        x.meta["example_value"] = torch.empty((B, HKV * G, m, D), device="meta")
         x.meta["nn_module_stack"] = {"a": (f"L['self'].model.layers.{layer}.self_attn", object)}
     graph.output((x, *extra) if extra else x)
     return fx.GraphModule(torch.nn.Module(), graph)

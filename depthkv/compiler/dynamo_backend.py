@@ -52,13 +52,22 @@ class DepthKVBackend:
         return self.plan.policy
 
     def new_cache(
-        self, model: Any, *, max_len: int, batch_size: int = 1, dtype: torch.dtype | None = None, device: Any = None
+        self,
+        model: Any,
+        *,
+        max_len: int,
+        batch_size: int = 1,
+        dtype: torch.dtype | None = None,
+        device: Any = None,
+        mode: str = "evict",
+        max_new_tokens: int | None = None,
     ) -> StaticBudgetCache:
         """The :class:`~depthkv.StaticBudgetCache` this backend's graphs expect: the same plan,
-        ``context_length`` and kernel implementation (for the eager steps)."""
+        ``context_length`` and kernel implementation (for the eager steps); ``mode`` and
+        ``max_new_tokens`` as in :meth:`StaticBudgetCache.for_model`."""
         return StaticBudgetCache.for_model(
             model, self.plan, batch_size=batch_size, max_len=max_len, context_length=self.context_length,
-            dtype=dtype, device=device, impl=self.impl,
+            dtype=dtype, device=device, impl=self.impl, mode=mode, max_new_tokens=max_new_tokens,
         )
 
     def __deepcopy__(self, memo: dict) -> DepthKVBackend:

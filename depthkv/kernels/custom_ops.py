@@ -4,8 +4,10 @@
     What a :class:`~depthkv.StaticBudgetCache` layer hands to attention while a graph is being
     traced: the layer's *logical* keys/values ``[B, Hkv, max_len, D]`` (every token seen so far plus
     the new ones). It exists only as a marker for the FX pass (:mod:`depthkv.passes`), which
-    rewrites the attention that reads it into ``depthkv::attend_evict``; running it means the graph
-    was not compiled with depthkv's backend, which is an error (never silently full attention).
+    rewrites the attention that reads it; running it means the graph was not compiled with
+    depthkv's backend, which is an error (never silently full attention). Its literal arguments
+    tell the pass the layer (``layer_idx``), how many slots a compression keeps (``keep``) and the
+    cache's decode mode (``append``).
 
 ``depthkv::attend_evict``
     :func:`depthkv.kernels.attend_evict` behind the op boundary: attention over the layer's fixed
@@ -45,6 +47,8 @@ def _stage(
     v_new: torch.Tensor,
     layer_idx: int,
     max_len: int,
+    keep: int,
+    append: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     raise DepthKVGraphError(
         f"layer {layer_idx}: a StaticBudgetCache was used in a graph that depthkv's backend did not rewrite. "
@@ -53,7 +57,7 @@ def _stage(
     )
 
 
-def _stage_fake(k_buf, v_buf, pos_buf, score_buf, seen, k_new, v_new, layer_idx, max_len):
+def _stage_fake(k_buf, v_buf, pos_buf, score_buf, seen, k_new, v_new, layer_idx, max_len, keep, append):
     b, h, _, d = k_new.shape
     return k_new.new_empty((b, h, max_len, d)), v_new.new_empty((b, h, max_len, v_new.shape[-1]))
 
@@ -77,10 +81,11 @@ def _attend_evict(
     seed: int,
     layer_idx: int,
     impl: str,
+    append: bool,
 ) -> torch.Tensor:
     buffers = LayerBuffers(k_buf, v_buf, pos_buf, score_buf, seen)
     cfg = PolicyConfig(name=policy, window=window, kernel=kernel, sinks=sinks, seed=seed)
-    return attend_evict(impl, q, k_new, v_new, mask, buffers, scaling, budget, cfg, layer_idx)
+    return attend_evict(impl, q, k_new, v_new, mask, buffers, scaling, budget, cfg, layer_idx, append)
 
 
 def _attend_evict_fake(q, k_new, v_new, mask, k_buf, v_buf, pos_buf, score_buf, seen, scaling, budget, *rest):
@@ -99,12 +104,13 @@ def register_ops() -> None:
 
 
 def attend_evict_args(
-    q, k_new, v_new, mask, buffers: LayerBuffers, scaling, budget: int, policy: PolicyConfig, layer_idx: int, impl: str
+    q, k_new, v_new, mask, buffers: LayerBuffers, scaling, budget: int, policy: PolicyConfig, layer_idx: int, impl: str,
+    append: bool = False,
 ) -> tuple:
     """The flat argument tuple of ``depthkv::attend_evict`` (the order its schema has)."""
     return (
         q, k_new, v_new, mask, *buffers.tensors(), scaling, budget,
-        policy.name, policy.window, policy.kernel, policy.sinks, policy.seed, layer_idx, impl,
+        policy.name, policy.window, policy.kernel, policy.sinks, policy.seed, layer_idx, impl, append,
     )
 
 

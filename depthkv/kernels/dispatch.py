@@ -1,4 +1,11 @@
-"""``attend_evict(impl, ...)``: the one entry point of the attend-and-evict step, by implementation."""
+"""``attend_evict(impl, ...)``: the one entry point of the attend-and-evict step, by implementation.
+
+A single new token (``m == 1``) runs the sort-free decode step of the cache's mode
+(:mod:`depthkv.kernels.decode_step` on ``"reference"``, the fused Triton kernel
+:mod:`depthkv.kernels.triton_decode_step` on ``"triton"``/``"flash"``); a multi-token step (prefill,
+a new turn) scores and selects (:mod:`depthkv.kernels.evict_reference`,
+:mod:`depthkv.kernels.evict_fast`). The choice is by shape, never a fallback on failure.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,29 @@ from depthkv.kernels.evict_reference import attend_evict_reference
 from depthkv.kernels.registry import kernel_table
 from depthkv.policies import PolicyConfig
 
-__all__ = ["attend_evict"]
+__all__ = ["attend_evict", "decode_step"]
+
+
+def decode_step(
+    impl: str,
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    mask: torch.Tensor | None,
+    buffers: LayerBuffers,
+    scaling: float,
+    policy: PolicyConfig,
+    append: bool,
+) -> torch.Tensor:
+    """One new token on ``impl``: :func:`~depthkv.kernels.decode_step.decode_append` or
+    :func:`~depthkv.kernels.decode_step.decode_evict` (or their fused Triton kernel)."""
+    if impl == "reference":
+        from depthkv.kernels import decode_step as kernels
+    else:
+        from depthkv.kernels import triton_decode_step as kernels
+    if append:
+        return kernels.decode_append(q, k_new, v_new, mask, buffers, scaling)
+    return kernels.decode_evict(q, k_new, v_new, mask, buffers, scaling, policy)
 
 
 def attend_evict(
@@ -24,6 +53,7 @@ def attend_evict(
     budget: int,
     policy: PolicyConfig,
     layer_idx: int,
+    append: bool = False,
 ) -> torch.Tensor:
     """One layer's step: attend over ``buffers`` + this step's tokens, then evict back to ``budget``.
 
@@ -39,10 +69,14 @@ def attend_evict(
         budget: as in :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
         policy: as in :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
         layer_idx: as in :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
+        append: the cache's decode mode: ``True`` = append (single-token steps fill the reserved
+            tail, nothing is evicted), ``False`` = evict (the budget holds at every step).
 
     Returns:
         ``[B, H, m, D]`` attention output (SDPA layout); ``buffers`` hold the kept slots.
     """
+    if q.shape[2] == 1:
+        return decode_step(impl, q, k_new, v_new, mask, buffers, scaling, policy, append)
     if impl == "reference":
         return attend_evict_reference(q, k_new, v_new, mask, buffers, scaling, budget, policy, layer_idx)
     return attend_evict_fast(

@@ -3,9 +3,8 @@
 Same semantics as :func:`~depthkv.kernels.evict_reference.attend_evict_reference` (the tests compare
 them), built from a kernel table (:func:`depthkv.kernels.kernel_table`):
 
-* **decode** (one new token): ``decode_attention`` over buffer + the new token with a per-slot
-  validity mask; its per-slot probability mass updates the accumulated scores (SnapKV/H2O) or is the
-  score (TOVA); selection drops the lowest-ranked slot; ``compact`` writes the kept slots back.
+* **decode** (one new token) does not come here: :func:`depthkv.kernels.attend_evict` runs the
+  fused decode step (:mod:`depthkv.kernels.triton_decode_step`) for it.
 * **first prefill** (the buffer is empty and there is no padding): ``attention_lse`` over the prompt
   (flash forward with the log-sum-exp), ``window_scores`` / ``h2o_scores`` from that LSE — no S×S
   matrix — then SnapKV pooling, selection and ``compact`` into the fixed buffer.
@@ -24,39 +23,22 @@ import torch
 
 from depthkv.kernels.attention import as_bool_mask
 from depthkv.kernels.buffers import LayerBuffers
-from depthkv.kernels.evict_reference import attend_evict_reference, step_slots
+from depthkv.kernels.evict_reference import attend_evict_reference, empty_tail
 from depthkv.policies import PolicyConfig, pool, score, select
 
 __all__ = ["attend_evict_fast"]
 
 
 def _write_back(kern, policy, keep, k_cat, v_cat, pos_cat, scores, buffers: LayerBuffers) -> None:
+    kept = keep.shape[-1]
     kern.compact(
         keep, k_cat, v_cat, pos_cat, scores.float().contiguous(),
-        buffers.keys, buffers.values, buffers.positions, buffers.scores,
+        buffers.keys[:, :, :kept], buffers.values[:, :, :kept], buffers.positions[:, :, :kept],
+        buffers.scores[:, :, :kept],
     )
     if not policy.stateful:
         buffers.scores.zero_()
-
-
-def _decode(kern, policy, q, k_new, v_new, mask, buffers: LayerBuffers, scaling, budget):
-    k_cat = torch.cat([buffers.keys, k_new], dim=2)
-    v_cat = torch.cat([buffers.values, v_new], dim=2)
-    _, pos_cat, smask = step_slots(mask, buffers, k_new)
-    valid = smask[:, :, 0, :]
-    out, mass = kern.decode_attention(q, k_cat, v_cat, valid, scaling)
-    groups = q.shape[1] // buffers.keys.shape[1]
-    if policy.name in ("snapkv", "h2o"):
-        prev = torch.cat([buffers.scores, buffers.scores.new_zeros(buffers.scores.shape[:2] + (1,))], dim=2)
-        # the first step of a stateful policy never takes this path (prefill comes first)
-        scores = prev + mass
-    elif policy.name == "tova":
-        scores = mass / groups
-    else:
-        scores = score(policy, q, k_cat, smask, pos_cat, scaling)
-    keep = select(policy, scores, pos_cat, valid, budget)
-    _write_back(kern, policy, keep, k_cat, v_cat, pos_cat, scores, buffers)
-    return out
+    empty_tail(buffers, kept)
 
 
 def _first_prefill(kern, policy, q, k_new, v_new, buffers: LayerBuffers, scaling, budget):
@@ -111,8 +93,6 @@ def attend_evict_fast(
     Arguments as :func:`~depthkv.kernels.evict_reference.attend_evict_reference`.
     """
     m = q.shape[2]
-    if m == 1:
-        return _decode(kern, policy, q, k_new, v_new, mask, buffers, scaling, budget)
     if int(buffers.seen) == m and _no_padding(mask):
         return _first_prefill(kern, policy, q, k_new, v_new, buffers, scaling, budget)
     return attend_evict_reference(q, k_new, v_new, mask, buffers, scaling, budget, policy, layer_idx)

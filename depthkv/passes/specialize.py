@@ -1,10 +1,20 @@
-"""The FX pass: rewrite every attention node into ``depthkv::attend_evict`` with its layer's budget.
+"""The FX pass: rewrite every attention node into budget-aware attention with its layer's budget.
 
 A pure function of (graph, budgets, policy): it finds the attention nodes
-(:func:`~depthkv.passes.attention_nodes.find_attention`), replaces each one by the budget-aware op
+(:func:`~depthkv.passes.attention_nodes.find_attention`), replaces each one by the budget-aware step
 reading the layer's buffers (the arguments of its ``depthkv::stage`` node), with the layer's budget,
-the policy and the layer index as literal constants, and removes the marker and the now-dead K/V
-repeat chains. O(nodes).
+the policy, the layer index and the cache's decode mode as literal constants, and removes the
+marker and the now-dead K/V repeat chains. O(nodes).
+
+What replaces an attention node depends on the step's query length (static in the graph):
+
+* one new token on ``impl="reference"``: :func:`~depthkv.kernels.decode_step.decode_step_flat`,
+  plain tensor operations (attention, score update, the victim's argmin, in-place writes) that
+  AOTAutograd traces and Inductor fuses — no opaque op in a decode graph;
+* one new token on ``"triton"``/``"flash"``: ``depthkv::attend_evict``, which runs the fused Triton
+  decode kernel (one launch per layer);
+* several tokens (prefill, a new turn): ``depthkv::attend_evict``, where selection needs a
+  ranking of every slot.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from torch import fx
 
 from depthkv.kernels import LayerBuffers
 from depthkv.kernels.custom_ops import attend_evict_args, attend_evict_op
+from depthkv.kernels.decode_step import decode_step_flat
 from depthkv.passes.attention_nodes import UnsupportedAttentionError, find_attention, is_stage
 from depthkv.policies import PolicyConfig
 
@@ -25,6 +36,7 @@ class PassReport:
     """What one run of the pass did."""
 
     rewritten: dict[int, int] = field(default_factory=dict)  # layer -> budget baked in
+    fused: dict[int, str] = field(default_factory=dict)  # layer -> decode mode emitted as graph operations
     nodes: int = 0
     seconds: float = 0.0
     impl: str = "reference"
@@ -42,6 +54,17 @@ def _meta_shape(node: object) -> tuple[int, ...] | None:
         return None
     val = node.meta.get("example_value", node.meta.get("val"))
     return tuple(val.shape) if val is not None and hasattr(val, "shape") else None
+
+
+def _stage_literal(site, index: int, name: str) -> int | None:
+    """An int literal of the stage marker; None when Dynamo made it a graph input (``keep``)."""
+    stage = site.stage
+    value = stage.args[index] if len(stage.args) > index else stage.kwargs.get(name)
+    if isinstance(value, fx.Node) and name == "keep":
+        return None
+    if not isinstance(value, int):  # bools are ints
+        raise UnsupportedAttentionError(f"layer {site.layer}: the cache marker's {name} is not a literal ({value!r})")
+    return int(value)
 
 
 def _scale_arg(scale: object) -> object:
@@ -79,19 +102,20 @@ def specialize_budgets(
                 f"attention node '{site.node.name}' is in layer {site.layer} but the plan has {len(budgets)} layers"
             )
         k_buf, v_buf, pos_buf, score_buf, seen, k_new, v_new = site.stage.args[:7]
+        keep, append = _stage_literal(site, 9, "keep"), bool(_stage_literal(site, 10, "append"))
         shape = _meta_shape(k_buf)
-        budget = budgets[site.layer]
-        if budget is None:
-            if shape is None:
-                raise UnsupportedAttentionError(
-                    f"layer {site.layer} keeps every token but its buffer's size is unknown in this graph"
-                )
-            budget = shape[2]
-        budget = int(budget)
-        if shape is not None and shape[2] != budget:
+        if keep is None:
+            # Dynamo turned the layer's int attribute into a graph input (it saw it change between
+            # compilations of the same code): the buffer's size stands for it (evict mode).
+            keep = budgets[site.layer] if budgets[site.layer] is not None else shape[2] if shape else None
+        if keep is None:
+            raise UnsupportedAttentionError(f"layer {site.layer}: cannot tell how many slots the cache keeps")
+        budget = keep if budgets[site.layer] is None else int(budgets[site.layer])
+        if keep != budget or (shape is not None and (shape[2] < budget or (not append and shape[2] != budget))):
+            slots = "?" if shape is None else shape[2]
             raise UnsupportedAttentionError(
-                f"layer {site.layer}: the cache buffer holds {shape[2]} tokens but the plan's budget is {budget}; "
-                "make the StaticBudgetCache from the same plan (and context_length) as the backend"
+                f"layer {site.layer}: the cache buffer holds {slots} slots and keeps {keep} but the plan's budget "
+                f"is {budget}; make the StaticBudgetCache from the same plan (and context_length) as the backend"
             )
         scale = site.scale
         if scale is None:
@@ -102,10 +126,18 @@ def specialize_budgets(
         mask = None if site.is_causal else site.mask
         buffers = LayerBuffers(k_buf, v_buf, pos_buf, score_buf, seen)  # graph nodes standing for the tensors
         args = attend_evict_args(
-            site.query, k_new, v_new, mask, buffers, _scale_arg(scale), budget, policy, site.layer, impl
+            site.query, k_new, v_new, mask, buffers, _scale_arg(scale), budget, policy, site.layer, impl, append
         )
+        q_shape = _meta_shape(site.query)
+        single = q_shape is not None and q_shape[2] == 1
         with graph.inserting_before(site.node):
-            new = graph.call_function(op, args=args)
+            if single and impl == "reference":
+                # one new token: plain graph operations (attention, scores, argmin, in-place write)
+                flat = (*args[:10], *args[11:16], append)
+                new = graph.call_function(decode_step_flat, args=flat)
+                report.fused[site.layer] = "append" if append else "evict"
+            else:
+                new = graph.call_function(op, args=args)
         new.meta = dict(site.node.meta)
         site.node.replace_all_uses_with(new)
         graph.erase_node(site.node)

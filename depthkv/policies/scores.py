@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from depthkv.policies.config import PolicyConfig
 
-__all__ = ["attention_probs", "pool", "score"]
+__all__ = ["attention_probs", "pool", "random_scores", "score"]
 
 # Queries processed at once by h2o, so a long prefill never materialises an S x S matrix per head.
 _QUERY_CHUNK = 1024
@@ -173,9 +173,42 @@ def _score_streaming(cfg, q, keys, mask, positions, scaling, prev_scores):
     return positions.to(torch.float32)
 
 
+_MASK32 = 0xFFFFFFFF
+_MIX = 0x45D9F3B  # a well-mixing odd 32-bit multiplier (< 2^27, so products stay inside int64)
+
+
+def random_salt(seed: int) -> int:
+    """The seed's 32-bit salt in :func:`random_scores`."""
+    return (0x9E3779B9 * (int(seed) + 1)) & _MASK32
+
+
+def random_scores(positions: torch.Tensor, seed: int) -> torch.Tensor:
+    """The ``random`` policy's scores: a hash of (position, KV head, seed) mapped to ``[0, 1)``.
+
+    A function of the token, never of the slot it sits in, so every path (the eager cache with
+    position-ordered slots, the compiled buffers whose slots are in any order, the Triton kernel)
+    draws the same score for the same token: ``x = (pos + 2^20 * head) mod 2^32 xor
+    (0x9E3779B9 * (seed + 1) mod 2^32)``, three rounds of ``x = ((x >> 16) ^ x) * 0x45D9F3B mod 2^32``,
+    a last ``x ^= x >> 16``, score ``(x >> 8) / 2^24`` (exact in fp32).
+    Every tensor operation here also has a Triton equivalent.
+
+    Args:
+        positions: int64 ``[B, Hkv, N]``.
+        seed: the policy's seed.
+
+    Returns:
+        float32 ``[B, Hkv, N]``.
+    """
+    heads = torch.arange(positions.shape[1], device=positions.device).view(1, -1, 1)
+    x = ((positions.long() + heads * (1 << 20)) & _MASK32) ^ random_salt(seed)
+    for _ in range(3):
+        x = (((x >> 16) ^ x) * _MIX) & _MASK32
+    x = (x >> 16) ^ x
+    return (x >> 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
 def _score_random(cfg, q, keys, mask, positions, scaling, prev_scores):
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    return torch.rand(tuple(positions.shape), generator=gen, dtype=torch.float32).to(keys.device)
+    return random_scores(positions, cfg.seed)
 
 
 _SCORERS = {
@@ -217,8 +250,8 @@ def score(
     * ``knorm`` (https://arxiv.org/abs/2406.11430): ``s = -||keys||_2`` (low key norm = keep).
     * ``streaming`` (StreamingLLM, https://arxiv.org/abs/2309.17453): ``s = float(position)``
       (recent = keep); the sinks are forced by :func:`select`.
-    * ``random``: uniform ``[0, 1)`` from a CPU ``torch.Generator`` seeded with ``cfg.seed``; the
-      same call gives the same scores.
+    * ``random``: a hash of (position, KV head, ``cfg.seed``) in ``[0, 1)`` (:func:`random_scores`):
+      the same token gets the same score on every path and at every step, whatever slot holds it.
 
     ``window == 0`` scores snapkv with the last query (zero queries would score nothing).
     ``prev_scores`` is ignored by the stateless policies.

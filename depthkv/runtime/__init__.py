@@ -4,6 +4,7 @@
   at the kept size: memory really freed).
 * :mod:`~depthkv.runtime.static_cache` — :class:`StaticBudgetCache`, fixed per-layer buffers for
   compiled models and CUDA graphs.
+* :mod:`~depthkv.runtime.modes` — the decode modes, ``evict`` and ``append``.
 * :mod:`~depthkv.runtime.attention` — the ``depthkv`` attention implementation registered with
   transformers; :mod:`~depthkv.runtime.handoff` — how a cache layer reaches it.
 * :mod:`~depthkv.runtime.handle` — :func:`apply` (eager runs and ``generate``).
@@ -14,6 +15,7 @@ from depthkv.runtime.cache import BudgetCache, BudgetLayer
 from depthkv.runtime.generation import cache_kwarg, greedy_decode, greedy_generate
 from depthkv.runtime.handle import DepthKVModel, apply
 from depthkv.runtime.handoff import DepthKVUsageError
+from depthkv.runtime.modes import MODES
 from depthkv.runtime.static_cache import StaticBudgetCache, StaticBudgetLayer
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "BudgetLayer",
     "DepthKVModel",
     "DepthKVUsageError",
+    "MODES",
     "StaticBudgetCache",
     "StaticBudgetLayer",
     "apply",

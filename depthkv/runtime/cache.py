@@ -26,6 +26,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from depthkv.policies import PolicyConfig, score, select
 from depthkv.profile import Plan
 from depthkv.runtime.handoff import DepthKVUsageError, set_active_layer
+from depthkv.runtime.modes import check_mode
 
 
 class BudgetLayer(CacheLayerMixin):
@@ -45,8 +46,11 @@ class BudgetLayer(CacheLayerMixin):
     is_sliding = False
     is_croppable = False
 
-    def __init__(self, layer_idx: int, budget: int | None, policy: PolicyConfig, record: bool = False):
+    def __init__(
+        self, layer_idx: int, budget: int | None, policy: PolicyConfig, record: bool = False, mode: str = "evict"
+    ):
         super().__init__()
+        self.mode = check_mode(mode)
         if budget is not None and budget < policy.floor:
             raise ValueError(
                 f"layer {layer_idx}: budget {budget} is below the {policy.name} policy's floor {policy.floor} "
@@ -120,8 +124,10 @@ class BudgetLayer(CacheLayerMixin):
             slot_mask: bool ``[B, Hkv, m, n]``: query ``i`` may attend slot ``j``.
             scaling: the attention's softmax scale.
         """
-        self.pending = 0
+        step, self.pending = self.pending, 0
         self.valid = slot_mask[:, :, -1, :].clone()
+        if self.mode == "append" and step == 1 and self.seen > 1:
+            return  # append mode: a generated token joins the tail; nothing is scored or evicted
         n = self.held
         over = self.budget is not None and n > self.budget
         recording = self.record and self.recorded is None
@@ -153,7 +159,7 @@ class BudgetLayer(CacheLayerMixin):
         """A new layer holding the same tensors (safe: updates and evictions never write in place)."""
         if self.pending:
             raise DepthKVUsageError(f"layer {self.layer_idx} has an uncompressed step; finish the forward first")
-        twin = BudgetLayer(self.layer_idx, self.budget, self.policy)
+        twin = BudgetLayer(self.layer_idx, self.budget, self.policy, mode=self.mode)
         for name in ("keys", "values", "positions", "valid", "scores", "seen", "is_initialized"):
             setattr(twin, name, getattr(self, name))
         if self.is_initialized:
@@ -226,22 +232,34 @@ class BudgetCache(Cache):
     Args:
         budgets: tokens per layer ``[n_layers]`` (``None`` entries keep everything).
         policy: eviction policy used in every layer.
+        mode: ``"evict"`` (every step evicts back to the budget) or ``"append"`` (multi-token
+            steps compress to the budget; single generated tokens are appended, nothing evicted:
+            a layer then holds its budget plus the tokens generated since the last compression).
 
     Positions and masks use the logical sequence length (tokens seen so far, padding included, as in
     ``transformers``), the same for every layer, even while some layers are not run (calibration
     replays the lower layers from a full run).
     """
 
-    def __init__(self, budgets: list[int | None], policy: PolicyConfig | None = None, record: bool = False):
+    def __init__(
+        self,
+        budgets: list[int | None],
+        policy: PolicyConfig | None = None,
+        record: bool = False,
+        mode: str = "evict",
+    ):
         policy = policy or PolicyConfig()
-        super().__init__(layers=[BudgetLayer(i, b, policy, record=record) for i, b in enumerate(budgets)])
+        layers = [BudgetLayer(i, b, policy, record=record, mode=mode) for i, b in enumerate(budgets)]
+        super().__init__(layers=layers)
         self.policy = policy
+        self.mode = mode
 
     @classmethod
     def from_layers(cls, layers: list[BudgetLayer], policy: PolicyConfig) -> BudgetCache:
         cache = cls.__new__(cls)
         Cache.__init__(cache, layers=layers)
         cache.policy = policy
+        cache.mode = layers[0].mode if layers else "evict"
         return cache
 
     def pruned(self, budgets: list[int | None]) -> BudgetCache:
@@ -251,9 +269,9 @@ class BudgetCache(Cache):
         return BudgetCache.from_layers([lay.pruned_copy(b) for lay, b in zip(self.layers, budgets)], self.policy)
 
     @classmethod
-    def from_plan(cls, plan: Plan, context_length: int | None = None) -> BudgetCache:
+    def from_plan(cls, plan: Plan, context_length: int | None = None, mode: str = "evict") -> BudgetCache:
         """Cache for ``plan``; relative plans need the prompt's ``context_length`` (:meth:`Plan.budgets_for`)."""
-        return cls(plan.budgets_for(context_length), plan.policy)
+        return cls(plan.budgets_for(context_length), plan.policy, mode=mode)
 
     @property
     def budgets(self) -> list[int | None]:

@@ -17,6 +17,7 @@ from depthkv.profile import Plan
 from depthkv.runtime.attention import use_depthkv_attention
 from depthkv.runtime.cache import BudgetCache
 from depthkv.runtime.generation import cache_kwarg
+from depthkv.runtime.modes import check_mode
 
 __all__ = ["DepthKVModel", "apply"]
 
@@ -29,15 +30,16 @@ class DepthKVModel:
         plan: the per-layer budgets and eviction policy.
     """
 
-    def __init__(self, model: Any, plan: Plan, previous_impl: str | None):
+    def __init__(self, model: Any, plan: Plan, previous_impl: str | None, mode: str = "evict"):
         self.model = model
         self.plan = plan
+        self.mode = check_mode(mode)
         self._previous_impl = previous_impl
         self._cache_kw = cache_kwarg(model)
 
     def new_cache(self, context_length: int | None = None) -> BudgetCache:
         """A fresh cache for one prompt (``context_length`` tokens, needed for relative plans)."""
-        return BudgetCache.from_plan(self.plan, context_length)
+        return BudgetCache.from_plan(self.plan, context_length, mode=self.mode)
 
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """``model.generate`` with a fresh :class:`BudgetCache`; every ``generate`` keyword works.
@@ -69,12 +71,14 @@ class DepthKVModel:
         self.remove()
 
 
-def apply(model: Any, plan: Plan) -> DepthKVModel:
+def apply(model: Any, plan: Plan, *, mode: str = "evict") -> DepthKVModel:
     """Run ``model`` with ``plan``'s per-layer budgets (eager; no compilation).
 
     Args:
         model: a ``transformers`` causal LM (Llama, Qwen2/3, Mistral, Gemma, Phi-3, ...).
         plan: from :func:`depthkv.allocate` (or :func:`depthkv.uniform_plan`).
+        mode: ``"evict"`` (the budget holds at every decode step) or ``"append"`` (the prompt is
+            compressed once; generated tokens are appended without eviction).
 
     Returns:
         A :class:`DepthKVModel`; use it as a context manager (``with depthkv.apply(model, plan) as
@@ -89,4 +93,5 @@ def apply(model: Any, plan: Plan) -> DepthKVModel:
             "depthkv.allocate(profile, budget) or depthkv.uniform_plan(model, budget)"
         )
     plan.check_model(model)
-    return DepthKVModel(model, plan, use_depthkv_attention(model))
+    check_mode(mode)
+    return DepthKVModel(model, plan, use_depthkv_attention(model), mode)

@@ -34,6 +34,7 @@ from depthkv.kernels.custom_ops import register_ops
 from depthkv.policies import PolicyConfig
 from depthkv.profile import Plan, fingerprint
 from depthkv.runtime.handoff import DepthKVUsageError, set_active_layer
+from depthkv.runtime.modes import check_mode
 
 
 class StaticBudgetLayer(CacheLayerMixin):
@@ -62,23 +63,31 @@ class StaticBudgetLayer(CacheLayerMixin):
         dtype: torch.dtype,
         device: torch.device,
         impl: str = "reference",
+        mode: str = "evict",
+        tail: int = 0,
     ):
         super().__init__()
         if budget < policy.floor:
             raise ValueError(
                 f"layer {layer_idx}: budget {budget} is below the {policy.name} policy's floor {policy.floor}"
             )
+        check_mode(mode)
+        if mode == "evict" and tail:
+            raise ValueError(f"layer {layer_idx}: a reserved tail ({tail}) only exists in append mode")
         batch, kv_heads, head_dim = shape
         self.layer_idx = layer_idx
         self.budget = int(budget)
+        self.mode = mode
+        self.tail = int(tail)
         self.policy = policy
         self.max_len = int(max_len)
         self.device = torch.device(device)
         self.impl = resolve_impl(impl, self.device)
-        self.keys = torch.zeros((batch, kv_heads, budget, head_dim), dtype=dtype, device=self.device)
+        slots = self.budget + self.tail
+        self.keys = torch.zeros((batch, kv_heads, slots, head_dim), dtype=dtype, device=self.device)
         self.values = torch.zeros_like(self.keys)
-        self.positions = torch.full((batch, kv_heads, budget), -1, dtype=torch.long, device=self.device)
-        self.scores = torch.zeros((batch, kv_heads, budget), dtype=torch.float32, device=self.device)
+        self.positions = torch.full((batch, kv_heads, slots), -1, dtype=torch.long, device=self.device)
+        self.scores = torch.zeros((batch, kv_heads, slots), dtype=torch.float32, device=self.device)
         self.seen = torch.zeros((), dtype=torch.long, device=self.device)
         for t in (self.keys, self.values, self.positions, self.scores, self.seen):
             torch._dynamo.mark_static_address(t)
@@ -86,7 +95,13 @@ class StaticBudgetLayer(CacheLayerMixin):
         self._new: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __repr__(self) -> str:
-        return f"StaticBudgetLayer(layer={self.layer_idx}, budget={self.budget}, max_len={self.max_len})"
+        tail = f", tail={self.tail}" if self.mode == "append" else ""
+        return f"StaticBudgetLayer(layer={self.layer_idx}, budget={self.budget}{tail}, max_len={self.max_len})"
+
+    @property
+    def append(self) -> bool:
+        """True in append mode (single-token steps fill the tail; nothing is evicted)."""
+        return self.mode == "append"
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Buffers are allocated at construction (needed for compiled prefill); nothing to do."""
@@ -101,7 +116,7 @@ class StaticBudgetLayer(CacheLayerMixin):
             self.seen.add_(key_states.shape[2])
             return torch.ops.depthkv.stage(
                 self.keys, self.values, self.positions, self.scores, self.seen,
-                key_states, value_states, self.layer_idx, self.max_len,
+                key_states, value_states, self.layer_idx, self.max_len, self.budget, self.append,
             )
         if self._new is not None:
             raise DepthKVUsageError(
@@ -114,6 +129,12 @@ class StaticBudgetLayer(CacheLayerMixin):
             raise ValueError(
                 f"layer {self.layer_idx}: {end} tokens exceed the cache's max_len {self.max_len}; "
                 "make the StaticBudgetCache with a larger max_len (prompt + new tokens)"
+            )
+        if self.append and key_states.shape[2] == 1 and not bool((self.positions < 0).any(-1).all()):
+            raise ValueError(
+                f"layer {self.layer_idx}: append mode's reserved tail ({self.tail} slots after a budget of "
+                f"{self.budget}) is full at {end - 1} tokens; make the cache with a larger max_new_tokens, "
+                "or use mode='evict' (the budget holds at every step)"
             )
         self._new = (key_states, value_states)
         self.seen.add_(key_states.shape[2])
@@ -132,7 +153,8 @@ class StaticBudgetLayer(CacheLayerMixin):
         k_new, v_new = self._new
         self._new = None
         return attend_evict(
-            self.impl, query, k_new, v_new, mask, self.buffers, float(scaling), self.budget, self.policy, self.layer_idx
+            self.impl, query, k_new, v_new, mask, self.buffers, float(scaling), self.budget, self.policy,
+            self.layer_idx, self.append,
         )
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -169,6 +191,11 @@ class StaticBudgetCache(Cache):
         super().__init__(layers=layers)
         self.max_len = max_len
 
+    @property
+    def mode(self) -> str:
+        """``"evict"`` or ``"append"`` (every layer has the same)."""
+        return self.layers[0].mode if self.layers else "evict"
+
     @classmethod
     def for_model(
         cls,
@@ -181,6 +208,8 @@ class StaticBudgetCache(Cache):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         impl: str | None = None,
+        mode: str = "evict",
+        max_new_tokens: int | None = None,
     ) -> StaticBudgetCache:
         """Buffers sized by ``plan`` for ``model``.
 
@@ -194,10 +223,27 @@ class StaticBudgetCache(Cache):
             impl: kernel implementation of the eager steps (``"auto"``, ``"reference"``,
                 ``"triton"``, ``"flash"``); default: the one of the backend ``model`` was compiled
                 with by :func:`depthkv.compile`, else ``"auto"``.
+            mode: ``"evict"`` (default: each layer holds its budget at every step; a new token
+                replaces the lowest-scoring slot) or ``"append"`` (the prompt is compressed to the
+                budget once; generated tokens fill a reserved tail of ``max_new_tokens`` slots per
+                budgeted layer and nothing is evicted while decoding).
+            max_new_tokens: append mode's tail: tokens that can be generated after each compression.
+
+        Raises:
+            ValueError: a bad mode, or append mode without ``max_new_tokens >= 1``.
         """
         register_ops()
+        check_mode(mode)
+        if mode == "append":
+            if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+                raise ValueError(
+                    f"mode='append' needs max_new_tokens (an int >= 1: the reserved tail per layer), got {max_new_tokens!r}"
+                )
+        elif max_new_tokens is not None:
+            raise ValueError("max_new_tokens sizes append mode's tail; with mode='evict' leave it out")
         plan.check_model(model)
         budgets = [int(max_len) if b is None else b for b in plan.budgets_for(context_length)]
+        full = [b is None for b in plan.budgets_for(context_length)]
         fp = fingerprint(model)
         param = next(model.parameters())
         if impl is None:
@@ -206,8 +252,11 @@ class StaticBudgetCache(Cache):
         device = torch.device(device or param.device)
         impl = resolve_impl(impl, device)
         layers = [
-            StaticBudgetLayer(i, b, plan.policy, max_len, shape, dtype or param.dtype, device, impl)
-            for i, b in enumerate(budgets)
+            StaticBudgetLayer(
+                i, b, plan.policy, max_len, shape, dtype or param.dtype, device, impl, mode,
+                0 if (mode == "evict" or is_full) else int(max_new_tokens),
+            )
+            for i, (b, is_full) in enumerate(zip(budgets, full))
         ]
         return cls(layers, max_len)
 
@@ -223,6 +272,10 @@ class StaticBudgetCache(Cache):
 
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
         return self.max_len, 0
+
+    def slots(self) -> list[int]:
+        """Slots per layer: the budget, plus the reserved tail in append mode."""
+        return [layer.keys.shape[2] for layer in self.layers]
 
     def held_tokens(self) -> list[int]:
         """Occupied slots per layer (max over batch rows and heads)."""

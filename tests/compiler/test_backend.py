@@ -267,8 +267,9 @@ def test_eager_steps_run_the_backend_s_kernels(llama, monkeypatch):
     from depthkv.kernels import dispatch
 
     calls = []
-    fast = dispatch.attend_evict_fast
+    fast, step = dispatch.attend_evict_fast, dispatch.decode_step
     monkeypatch.setattr(dispatch, "attend_evict_fast", lambda *a, **k: calls.append(a[0].impl) or fast(*a, **k))
+    monkeypatch.setattr(dispatch, "decode_step", lambda *a, **k: calls.append(a[0]) or step(*a, **k))
     plan = depthkv.plan_from_budgets(llama, [10, 24, 17])
     ids, _ = _batch(1)
     ref = eager_reference(llama, plan, ids, None)
