@@ -9,7 +9,8 @@ compiled graph, and the eager :class:`~depthkv.StaticBudgetCache` runs them as t
   takes a free slot or replaces the *lowest-ranked* slot (one lexicographic argmin over the
   ``N + 1`` candidates, outside the protected window), written in place.
 * :func:`decode_append` — the prompt was compressed once; the new token is written to the first
-  free slot of the reserved tail and nothing is evicted (plain masked attention).
+  free slot of the reserved tail, then attends over the buffer; nothing is evicted (plain masked
+  attention).
 
 The kept *set* equals what :func:`depthkv.policies.select` keeps from buffer + new token (the
 eager :class:`~depthkv.BudgetCache` and :func:`~depthkv.kernels.evict_reference.attend_evict_reference`):
@@ -257,18 +258,18 @@ def decode_append(
     buffers: LayerBuffers,
     scaling: float,
 ) -> torch.Tensor:
-    """Append mode: attend, then write the new token to the first free slot; nothing is evicted.
+    """Append mode: write the new token to the first free slot, then attend; nothing is evicted.
 
-    Scores are left as they are (the new token's is 0). With no free slot the write index is
-    ``N``, out of range, and the write fails (an ``IndexError`` on the CPU, a device-side assert
-    on CUDA) instead of overwriting a kept token; the eager cache checks room before that.
+    Writing first makes the step plain masked attention over the buffer, and lets Inductor write
+    in place (an attention that read the buffer before the write would need a copy of it). Scores
+    are left as they are (the new token's is 0). With no free slot the write index is ``N``, out of
+    range, and the write fails (an ``IndexError`` on the CPU, a device-side assert on CUDA)
+    instead of overwriting a kept token; the eager cache checks room before that.
 
     Arguments and return as :func:`decode_evict`.
     """
     b, hkv, n, _ = buffers.keys.shape
     qpos = buffers.seen - 1
-    valid, valid_new = slot_validity(mask, buffers.positions, qpos)
-    out, _, _ = decode_attend(q, k_new, v_new, buffers.keys, buffers.values, valid, valid_new, scaling)
     free = buffers.positions < 0
     first = torch.where(free.any(-1), free.to(torch.int8).argmax(-1), torch.full_like(free[..., 0], n, dtype=torch.int64))
     bi, ci = _batch_head_index(b, hkv, q.device)
@@ -277,6 +278,9 @@ def decode_append(
     buffers.values.index_put_(index, v_new[:, :, 0])
     buffers.positions.index_put_(index, qpos.reshape(1, 1).expand(b, hkv))
     buffers.scores.index_put_(index, torch.zeros((b, hkv), dtype=buffers.scores.dtype, device=q.device))
+    valid, _ = slot_validity(mask, buffers.positions, qpos)
+    nothing = torch.zeros((b, hkv, 1), dtype=torch.bool, device=q.device)
+    out, _, _ = decode_attend(q, k_new, v_new, buffers.keys, buffers.values, valid, nothing, scaling)
     return out
 
 
