@@ -1,136 +1,136 @@
-"""Decode step time: compiled depthkv at 10% and 20% budgets vs compiled full static cache (CPU).
+"""Compiled decode step on the CPU: full static cache vs depthkv evict and append mode, side by side.
 
-``test_decode_ratios`` times the three variants *interleaved* (one step of each per round), so load
-from other processes hits them alike; its ``extra_info`` holds per-variant medians and the ratios.
+One benchmark per (model shape, context): ``test_decode_ratios[tiny-llama-8192]`` etc. Each compiles
+five variants of the same random-weight model with Inductor — the full ``StaticCache``, depthkv
+evict mode at 10% and 20%, append mode at 10% and 20% (uniform budgets, SnapKV, the default
+window) — with caches pre-filled with random K/V as if ``context`` tokens had been read (the cost
+of a decode step does not depend on the values; no long prefill is run). Each variant is compiled
+alone (a fresh Dynamo) and timed over ``ROUNDS`` decode steps after a warm-up, one variant after
+the other in one run; medians and ratios go to ``extra_info``. Run it on an otherwise idle
+machine.
 
-Run: ``pytest benchmarks/test_decode_step.py --benchmark-only``. All variants run in one session on
-the same model (tiny Llama shape: 6 layers, hidden 128, 4 query / 2 KV heads, head dim 32), with
-Inductor; the cache is prefilled eagerly (as ``generate`` does) and each round times one decode
-step. Compare the means within a context-length group as ratios. ``extra_info`` records the KV
-bytes each cache holds.
+For the SmolLM2-135M shape (30 layers, 9 query / 3 KV heads, head dim 64) a step also reads the
+135M weights, so the benchmark reports the *floor* that bytes read imply: (weight bytes + the
+bytes of the KV buffers the step reads) / measured read bandwidth (a one-thread sum over a
+512 MiB tensor, the same thread count as the steps), and how far each variant is above it. The
+``no-kv`` variant (the full cache holding 16 tokens) measures what the step costs with almost no
+attention: how fast this CPU reads the weights through PyTorch's matrix-vector products.
+
+Run: ``pytest benchmarks/test_decode_step.py --benchmark-only
+--benchmark-json=benchmarks/results/decode-cpu.json``, then ``python -m benchmarks.decode_report``
+for the tables in docs/results.md. One thread: on a small shared CPU, OpenMP spin-waits between
+tiny kernels otherwise dominate.
 """
 
 from __future__ import annotations
+
+import platform
+import statistics
+import time
 
 import pytest
 import torch
 
 import depthkv
-from depthkv import StaticBudgetCache, backend
-from depthkv.runtime.attention import use_depthkv_attention
+from depthkv import backend
 
-from .tiny import tiny_llama
+from .decode_setup import fill_budget_cache, fill_static_cache, llama_shaped, weight_bytes
 
-LAYERS, ROUNDS, WARMUP = 6, 30, 3
-CONTEXTS = (4096, 8192)
-
-
-
-
-@pytest.fixture(scope="module")
-def model():
-    # One thread: on a small shared CPU, OpenMP spin-waits between tiny kernels otherwise dominate.
-    torch.set_num_threads(1)
-    torch._dynamo.reset()
-    return tiny_llama(LAYERS, intermediate=384)
+CASES = [("tiny-llama", 8192), ("tiny-llama", 32768), ("smollm2-135m", 8192), ("smollm2-135m", 32768)]
+FRACTIONS = (0.1, 0.2)
+ROUNDS = {"tiny-llama": 40, "smollm2-135m": 15}
+WARMUP, NEW = 3, 64  # NEW > WARMUP + rounds: append mode's tail never fills during a run
 
 
-def _ids(n: int) -> torch.Tensor:
-    return torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(n))
+def read_bandwidth(nbytes: int = 512 << 20, reps: int = 5) -> float:
+    """Bytes per second one thread reads (a sum over a large fp32 tensor; best of ``reps``)."""
+    x = torch.ones(nbytes // 4)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
 
 
-def _kv_bytes(cache) -> int:
-    if hasattr(cache, "kv_nbytes"):
-        return cache.kv_nbytes()
-    return sum(2 * layer.keys.numel() * layer.keys.element_size() for layer in cache.layers)
+def kv_read_bytes(cache) -> int:
+    """Bytes a decode step reads from the cache: every K/V slot, plus positions/scores for depthkv."""
+    total = 0
+    for layer in cache.layers:
+        for name in ("keys", "values", "positions", "scores"):
+            t = getattr(layer, name, None)
+            if t is not None:
+                total += t.numel() * t.element_size()
+    return total
 
 
-def _run(benchmark, compiled, cache, ctx):
-    tok = torch.tensor([[7]])
-    with torch.inference_mode():
-        for _ in range(WARMUP):
-            compiled(tok, cache=cache, use_cache=True)
-        benchmark.pedantic(lambda: compiled(tok, cache=cache, use_cache=True), rounds=ROUNDS, iterations=1)
-    benchmark.extra_info.update({"context": ctx, "kv_bytes": _kv_bytes(cache), "layers": LAYERS})
-
-
-@pytest.mark.parametrize("ctx", CONTEXTS)
-def test_decode_full_static_cache(benchmark, model, ctx):
-    from transformers import StaticCache
-
-    benchmark.group = f"decode-step-{ctx}"
-    cache = StaticCache(config=model.config, max_cache_len=ctx + ROUNDS + WARMUP + 1)
-    with torch.inference_mode():
-        model(_ids(ctx), cache=cache, use_cache=True)
-    compiled = torch.compile(model, fullgraph=True)
-    _run(benchmark, compiled, cache, ctx)
-
-
-@pytest.mark.parametrize("fraction", [0.1, 0.2])
-@pytest.mark.parametrize("ctx", CONTEXTS)
-def test_decode_depthkv(benchmark, model, ctx, fraction):
-    benchmark.group = f"decode-step-{ctx}"
-    plan = depthkv.uniform_plan(model, int(fraction * ctx))
-    cache = StaticBudgetCache.for_model(model, plan, max_len=ctx + ROUNDS + WARMUP + 1)
-    use_depthkv_attention(model)
-    try:
-        with torch.inference_mode():
-            model(_ids(ctx), cache=cache, use_cache=True)  # eager prefill with eviction
-        model.set_attn_implementation("sdpa")
-        compiled = torch.compile(model, backend=backend(plan), fullgraph=True)
-        _run(benchmark, compiled, cache, ctx)
-    finally:
-        model.set_attn_implementation("sdpa")
-
-
-def _variants(model, ctx):
-    """(name, compiled forward, cache) for the full static cache and depthkv at 10% and 20%."""
-    from transformers import StaticCache
-
-    max_len = ctx + 4 * ROUNDS + WARMUP + 8
-    full = StaticCache(config=model.config, max_cache_len=max_len)
-    with torch.inference_mode():
-        model(_ids(ctx), cache=full, use_cache=True)
-    out = [("full", torch.compile(model, fullgraph=True), full)]
-    for fraction in (0.1, 0.2):
-        plan = depthkv.uniform_plan(model, int(fraction * ctx))
-        cache = StaticBudgetCache.for_model(model, plan, max_len=max_len)
-        use_depthkv_attention(model)
-        with torch.inference_mode():
-            model(_ids(ctx), cache=cache, use_cache=True)
-        model.set_attn_implementation("sdpa")
-        out.append((f"depthkv@{fraction}", torch.compile(model, backend=backend(plan), fullgraph=True), cache))
+def caches(model, context: int):
+    """(name, plan or None, pre-filled cache) of the variants: the five compared, and ``no-kv`` (the
+    full cache holding 16 tokens: the step's cost without attention to speak of)."""
+    max_len = context + NEW
+    out = [("full", None, fill_static_cache(model, context, max_len)), ("no-kv", None, fill_static_cache(model, 16, 16 + NEW))]
+    for mode in ("evict", "append"):
+        for fraction in FRACTIONS:
+            plan = depthkv.uniform_plan(model, int(fraction * context))
+            tail = {"max_new_tokens": NEW} if mode == "append" else {}
+            out.append((f"{mode}@{fraction:g}", plan, fill_budget_cache(model, plan, context, max_len, mode=mode, **tail)))
     return out
 
 
-@pytest.mark.parametrize("ctx", CONTEXTS)
-def test_decode_ratios(benchmark, model, ctx):
-    import time
-
+def time_steps(model, plan, cache, rounds: int) -> list[float]:
+    """Seconds of ``rounds`` decode steps of one variant, compiled alone (a fresh Dynamo: with several
+    compiled variants of one model class, Dynamo checks the guards of every earlier entry first,
+    which would charge the later variants for the earlier ones)."""
     torch._dynamo.reset()
-    benchmark.group = f"decode-interleaved-{ctx}"
-    variants = _variants(model, ctx)
+    if plan is None:
+        fn = torch.compile(model, fullgraph=True, dynamic=False)
+    else:
+        fn = torch.compile(model, backend=backend(plan, impl="reference"), fullgraph=True, dynamic=False)
     tok = torch.tensor([[7]])
-    times = {name: [] for name, _, _ in variants}
-
-    def one_round():
-        for name, fn, cache in variants:
+    times = []
+    with torch.inference_mode():
+        for i in range(WARMUP + rounds):
             t0 = time.perf_counter()
             fn(tok, cache=cache, use_cache=True)
-            times[name].append(time.perf_counter() - t0)
+            if i >= WARMUP:
+                times.append(time.perf_counter() - t0)
+    return times
 
-    with torch.inference_mode():
-        for _ in range(WARMUP):
-            one_round()
-        for v in times.values():
-            v.clear()
-        benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
-    med = {k: float(torch.tensor(v).median()) for k, v in times.items()}
+
+@pytest.mark.parametrize(("shape", "context"), CASES, ids=[f"{s}-{c}" for s, c in CASES])
+def test_decode_ratios(benchmark, shape, context):
+    torch.set_num_threads(1)
+    benchmark.group = f"decode-{shape}-{context}"
+    model = llama_shaped(shape, max_positions=context + NEW)
+    runs = caches(model, context)
+    rounds = ROUNDS[shape]
+    times: dict[str, list[float]] = {}
+
+    def all_variants():
+        for name, plan, cache in runs:
+            times[name] = time_steps(model, plan, cache, rounds)
+
+    benchmark.pedantic(all_variants, rounds=1, iterations=1)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    bandwidth = read_bandwidth()
+    weights = weight_bytes(model)
+    kv = {name: kv_read_bytes(cache) for name, _, cache in runs}
+    floor = {name: (weights + kv[name]) / bandwidth for name in kv}
     benchmark.extra_info.update(
         {
-            "context": ctx,
+            "shape": shape,
+            "context": context,
+            "layers": model.config.num_hidden_layers,
+            "threads": torch.get_num_threads(),
+            "rounds": rounds,
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "torch": torch.__version__,
             "median_s": med,
-            "speedup_vs_full": {k: med["full"] / v for k, v in med.items()},
-            "kv_bytes": {name: _kv_bytes(cache) for name, _, cache in variants},
+            "ratio_vs_full": {k: v / med["full"] for k, v in med.items()},
+            "weight_bytes": weights,
+            "kv_read_bytes": kv,
+            "read_bandwidth_gbs": bandwidth / 1e9,
+            "floor_s": floor,
+            "over_floor": {k: med[k] / floor[k] for k in med},
         }
     )

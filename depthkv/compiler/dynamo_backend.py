@@ -95,6 +95,10 @@ class DepthKVBackend:
 
         patches = dict(list_mode_options(mode)) if mode else {}
         patches.update(options)
+        # Inductor's locality reordering moves the attention's read of the value buffer after the
+        # decode step's in-place write to it, which forces a copy of the whole buffer at every
+        # step; without it the writes stay in place. Scoped to this graph; options= can override.
+        patches.setdefault("reorder_for_locality", False)
         return compile_fx(gm, example_inputs, config_patches=patches)
 
 

@@ -229,6 +229,22 @@ def decode_evict(
     )
     scores, score_new = candidate_scores(policy, buffers, k_new, qpos, mass, mass_new, q.shape[1] // hkv)
     new_pos = qpos.reshape(1, 1, 1).expand(b, hkv, 1)
+    bi, ci = _batch_head_index(b, hkv, q.device)
+    if policy.window >= 1:
+        # The new token is the newest valid one, so it is forced and never the victim: the victim
+        # is the last of the buffer's own ranking, and the token always goes in. (A new token
+        # masked out as padding is invalid either way; which invalid token a budget keeps is not
+        # observable.) Writing unconditionally, without reading the slot's old contents, lets
+        # Inductor write the buffers in place instead of copying them.
+        slot = victim(policy, scores, buffers.positions, valid, buffers.seen)[..., 0]  # [B, Hkv]
+        index = (bi, ci, slot)
+        buffers.keys.index_put_(index, k_new[:, :, 0])
+        buffers.values.index_put_(index, v_new[:, :, 0])
+        buffers.positions.index_put_(index, new_pos[..., 0])
+        if policy.stateful:
+            buffers.scores.copy_(scores)
+            buffers.scores.index_put_(index, score_new[..., 0])
+        return out
     drop = victim(
         policy,
         torch.cat([scores, score_new], dim=-1),
@@ -238,7 +254,6 @@ def decode_evict(
     )[..., 0]  # [B, Hkv]
     slot = drop.clamp(max=n - 1)
     take = drop < n  # False: the new token itself is the one dropped; nothing is written
-    bi, ci = _batch_head_index(b, hkv, q.device)
     index = (bi, ci, slot)
     kv_take = take[..., None]
     buffers.keys.index_put_(index, torch.where(kv_take, k_new[:, :, 0], buffers.keys[index]))

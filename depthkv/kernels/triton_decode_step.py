@@ -7,7 +7,8 @@ in-place updates; the reference defines what is right). For one new token per se
   per-slot attention mass (summed over a KV head's query heads) updates the policy's scores
   (``snapkv``/``h2o``: ``scores += mass`` over the whole buffer); the victim — the lexicographic
   argmin over the ``N + 1`` candidates (tier, score with NaN as ``-inf``, position, then the larger
-  candidate index; the new token is candidate ``N``) — is replaced by the new token's key, value,
+  candidate index; the new token is candidate ``N``; only empty slots can tie on all three keys, and
+  they are interchangeable) — is replaced by the new token's key, value,
   position and (stateful policies) score. If the new token itself is the victim nothing is written.
 * :func:`decode_append` — the same attention, then the new token's key, value, position and score
   0 go to the first free slot (``positions < 0``); nothing is evicted.

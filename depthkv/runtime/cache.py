@@ -270,8 +270,15 @@ class BudgetCache(Cache):
 
     @classmethod
     def from_plan(cls, plan: Plan, context_length: int | None = None, mode: str = "evict") -> BudgetCache:
-        """Cache for ``plan``; relative plans need the prompt's ``context_length`` (:meth:`Plan.budgets_for`)."""
-        return cls(plan.budgets_for(context_length), plan.policy, mode=mode)
+        """Cache for ``plan``; relative plans need the prompt's ``context_length`` (:meth:`Plan.budgets_for`).
+
+        In append mode, sliding-window layers (the plan's :attr:`~depthkv.Plan.caps`) still evict.
+        """
+        cache = cls(plan.budgets_for(context_length), plan.policy, mode=mode)
+        for layer, cap in zip(cache.layers, plan.caps):
+            if cap is not None:
+                layer.mode = "evict"  # a sliding-window layer keeps evicting: its window bounds it
+        return cache
 
     @property
     def budgets(self) -> list[int | None]:

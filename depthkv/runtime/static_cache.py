@@ -193,8 +193,8 @@ class StaticBudgetCache(Cache):
 
     @property
     def mode(self) -> str:
-        """``"evict"`` or ``"append"`` (every layer has the same)."""
-        return self.layers[0].mode if self.layers else "evict"
+        """``"evict"`` or ``"append"``: the cache's decode mode (sliding-window layers always evict)."""
+        return getattr(self, "_mode", None) or (self.layers[0].mode if self.layers else "evict")
 
     @classmethod
     def for_model(
@@ -226,7 +226,8 @@ class StaticBudgetCache(Cache):
             mode: ``"evict"`` (default: each layer holds its budget at every step; a new token
                 replaces the lowest-scoring slot) or ``"append"`` (the prompt is compressed to the
                 budget once; generated tokens fill a reserved tail of ``max_new_tokens`` slots per
-                budgeted layer and nothing is evicted while decoding).
+                budgeted layer and nothing is evicted while decoding). Sliding-window layers evict
+                in both modes: their window, not a tail, bounds what they can attend to.
             max_new_tokens: append mode's tail: tokens that can be generated after each compression.
 
         Raises:
@@ -251,14 +252,17 @@ class StaticBudgetCache(Cache):
         shape = (int(batch_size), fp.num_kv_heads, fp.head_dim)
         device = torch.device(device or param.device)
         impl = resolve_impl(impl, device)
-        layers = [
-            StaticBudgetLayer(
-                i, b, plan.policy, max_len, shape, dtype or param.dtype, device, impl, mode,
-                0 if (mode == "evict" or is_full) else int(max_new_tokens),
+        layers = []
+        for i, (b, is_full, cap) in enumerate(zip(budgets, full, plan.caps)):
+            # a sliding-window layer keeps evicting in append mode: its window bounds what it can use
+            layer_mode = "evict" if cap is not None else mode
+            tail = int(max_new_tokens) if layer_mode == "append" and not is_full else 0
+            layers.append(
+                StaticBudgetLayer(i, b, plan.policy, max_len, shape, dtype or param.dtype, device, impl, layer_mode, tail)
             )
-            for i, (b, is_full) in enumerate(zip(budgets, full))
-        ]
-        return cls(layers, max_len)
+        cache = cls(layers, max_len)
+        cache._mode = mode
+        return cache
 
     @property
     def budgets(self) -> list[int]:

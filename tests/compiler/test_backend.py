@@ -166,15 +166,20 @@ def test_inductor_matches_eager(llama):
     assert_equivalent(ref, compiled_run(llama, plan, ids, None, inner="inductor")[:2])
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
-def test_no_recompiles_over_200_decode_steps_and_static_storage(family):
+@pytest.mark.parametrize(
+    ("family", "mode"), [("llama", "evict"), ("gemma3", "evict"), ("llama", "append"), ("gemma3", "append")]
+)
+def test_no_recompiles_over_200_decode_steps_and_static_storage(family, mode):
     """One decode graph for 200 steps (a sliding-window model too: its layers' masks move with the
-    window), buffers never reallocated, KV bytes those of the (capped) budgets."""
+    window), buffers never reallocated, KV bytes those of the (capped) budgets — plus the reserved
+    tail in append mode, which then holds every generated token."""
     llama = tiny_model(family)
     plan = depthkv.plan_from_budgets(llama, [10, 24, 17], policy="h2o")
     budgets = plan.budgets_for(None)
+    tail = 200 if mode == "append" else 0
     compiled = torch.compile(llama, backend=backend(plan, inner="aot_eager"), fullgraph=True)
-    cache = StaticBudgetCache.for_model(llama, plan, max_len=PROMPT + 201)
+    kw = {"mode": "append", "max_new_tokens": tail} if tail else {}
+    cache = StaticBudgetCache.for_model(llama, plan, max_len=PROMPT + 201, **kw)
     before = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers]
     ids, _ = _batch(1)
     with torch.inference_mode():
@@ -184,11 +189,12 @@ def test_no_recompiles_over_200_decode_steps_and_static_storage(family):
             for _ in range(199):
                 tok = compiled(tok, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
     assert int(cache.get_seq_length()) == PROMPT + 200
-    assert cache.held_tokens() == budgets
+    tails = [tail if cap is None else 0 for cap in plan.caps]
+    assert cache.held_tokens() == [b + t for b, t in zip(budgets, tails)]
     assert [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers] == before
     fp = depthkv.fingerprint(llama)
     per_token = 2 * fp.num_kv_heads * fp.head_dim * 4  # K and V, fp32
-    assert cache.kv_nbytes() == per_token * sum(budgets)
+    assert cache.kv_nbytes() == per_token * (sum(budgets) + sum(tails))
 
 
 def test_generate_with_compile_config(llama):
