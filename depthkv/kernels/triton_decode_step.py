@@ -6,9 +6,9 @@ in-place updates; the reference defines what is right). For one new token per se
 * :func:`decode_evict` — the new token attends over the ``N`` buffer slots and itself; the
   per-slot attention mass (summed over a KV head's query heads) updates the policy's scores
   (``snapkv``/``h2o``: ``scores += mass`` over the whole buffer); the victim — the lexicographic
-  argmin over the ``N + 1`` candidates (tier, score with NaN as ``-inf``, position, then the larger
-  candidate index; the new token is candidate ``N``; only empty slots can tie on all three keys, and
-  they are interchangeable) — is replaced by the new token's key, value,
+  argmin over the ``N + 1`` candidates (tier, score with NaN as ``-inf``, position, then the smaller
+  candidate index; the new token is candidate ``N``, and with a window it is never the victim, as in
+  the reference; only empty slots can tie on all three keys) — is replaced by the new token's key, value,
   position and (stateful policies) score. If the new token itself is the victim nothing is written.
 * :func:`decode_append` — the same attention, then the new token's key, value, position and score
   0 go to the first free slot (``positions < 0``); nothing is evicted.
@@ -147,7 +147,7 @@ def _random_score(pos, c, salt):
 @triton.jit
 def _block_worst(tier, score, pos, idx, inr):
     """Lexicographic argmin of a block of candidates: ``(tier, score, pos, index)`` of the worst one
-    (lowest tier, then lowest score with NaN as -inf, then lowest position, then LARGEST index)."""
+    (lowest tier, then lowest score with NaN as -inf, then lowest position, then smallest index)."""
     t = tl.where(inr, tier, 3)
     tmin = tl.min(t, 0)
     sel = inr & (t == tmin)
@@ -158,8 +158,8 @@ def _block_worst(tier, score, pos, idx, inr):
     pm = tl.where(sel, pos, 9223372036854775807)
     pmin = tl.min(pm, 0)
     sel = sel & (pm == pmin)
-    imax = tl.max(tl.where(sel, idx, -1), 0)
-    return tmin, smin, pmin, imax
+    imin = tl.min(tl.where(sel, idx, 9223372036854775807), 0)
+    return tmin, smin, pmin, imin
 
 
 @triton.jit
@@ -314,7 +314,9 @@ def _decode_step_kernel(
                     prev = m_k
             lo = seen - window
             forced_new = valid_new & ((qpos >= lo) | (qpos <= kth))
-            tb = valid_new.to(tl.int32) + forced_new.to(tl.int32)
+            # with a window the new token is the newest valid one, forced, never the victim (as the
+            # reference): it starts above every tier, so the victim is always a buffer slot
+            tb = tl.where(window >= 1, 3, valid_new.to(tl.int32) + forced_new.to(tl.int32))
             sb = tl.where(sc_new != sc_new, float("-inf"), sc_new)
             pb = qpos
             ib = tl.zeros([], tl.int64) + N
@@ -346,7 +348,7 @@ def _decode_step_kernel(
                 forced = ok & ((pos >= lo) | (pos <= kth))
                 tier = ok.to(tl.int32) + forced.to(tl.int32)
                 tm, sm, pm, im = _block_worst(tier, sc, pos, cols.to(tl.int64), inr)
-                upd = (tm < tb) | ((tm == tb) & ((sm < sb) | ((sm == sb) & ((pm < pb) | ((pm == pb) & (im > ib))))))
+                upd = (tm < tb) | ((tm == tb) & ((sm < sb) | ((sm == sb) & ((pm < pb) | ((pm == pb) & (im < ib))))))
                 tb = tl.where(upd, tm, tb)
                 sb = tl.where(upd, sm, sb)
                 pb = tl.where(upd, pm, pb)
