@@ -21,7 +21,7 @@ from depthkv.allocation import STRATEGIES, allocate, plan_from_budgets, uniform_
 from depthkv.calibration import LayerStats, calibrate
 from depthkv.compiler import DepthKVBackend, backend, compile
 from depthkv.evaluation import FloorSearch, MethodResult, evaluate, plan_degradation, tune_floor
-from depthkv.files import CorruptFileError
+from depthkv.files import CorruptFileError, FileLockedError
 from depthkv.kernels.custom_ops import DepthKVGraphError
 from depthkv.models import load_model
 from depthkv.passes import UnsupportedAttentionError
@@ -73,6 +73,7 @@ __all__ = [
     "STRATEGIES",
     # errors a user can meet
     "CorruptFileError",
+    "FileLockedError",
     "FingerprintMismatch",
     "UnsupportedModelError",
     "DepthKVUsageError",

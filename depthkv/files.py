@@ -18,18 +18,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from depthkv.faults import failpoint
+
 __all__ = [
     "CorruptFileError",
+    "FileLockedError",
     "atomic_file",
     "atomic_write_json",
     "atomic_write_jsonl",
     "atomic_write_text",
+    "exclusive_lock",
     "read_json",
+    "remove_stale_temporaries",
 ]
 
 
 class CorruptFileError(ValueError):
     """A file is truncated, corrupted, or not the kind of file expected."""
+
+
+class FileLockedError(RuntimeError):
+    """Another process holds the lock of a file depthkv is about to write for a long time."""
 
 
 def _umask() -> int:
@@ -58,6 +67,7 @@ def atomic_file(path: str | os.PathLike, binary: bool = False) -> Iterator[IO[An
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        failpoint("atomic-write")
         # mkstemp makes the file 0600; give it the mode a plain open() would (0666 minus umask).
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
@@ -119,3 +129,53 @@ def read_json(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CorruptFileError(f"{kind} file {path} holds a JSON {type(data).__name__}, expected an object")
     return data
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, purpose: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` for the block; refuse at once if another process holds it.
+
+    For long runs that write one file again and again (a calibration checkpoint): two processes
+    pointed at the same file must never interleave their writes. The lock is an advisory ``flock``
+    on a sibling ``.lock`` file, released by the operating system when the holder exits, however it
+    exits (a SIGKILLed run leaves no stale lock; the ``.lock`` file itself stays, empty of meaning).
+    The file records the holder's pid, host and start time for the message. POSIX only (Linux,
+    macOS); on network filesystems ``flock`` may not see other hosts.
+
+    Raises:
+        FileLockedError: another process holds the lock (the message names it and what to do).
+    """
+    import fcntl
+    import socket
+    import time
+
+    lock = Path(f"{os.fspath(path)}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", errors="replace").strip() or "unknown process"
+            raise FileLockedError(
+                f"{path} is in use: another depthkv process is {purpose} into it ({holder}). Wait for it "
+                "to finish, or write to another path"
+            ) from None
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary copies a crashed :func:`atomic_file` left beside ``path``; returns them.
+
+    Only safe while no other process writes ``path``: call it under :func:`exclusive_lock`.
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.exists() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale

@@ -16,6 +16,7 @@ checkpoint, settings and workload resumes where it stopped. The statistics
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +28,8 @@ from tqdm.auto import tqdm
 from depthkv.calibration.engine import Engine, check_compress, workload_items
 from depthkv.calibration.metrics import Degradation, check_metric
 from depthkv.calibration.stats import layer_stats
+from depthkv.faults import failpoint
+from depthkv.files import exclusive_lock, remove_stale_temporaries
 from depthkv.policies import PolicyConfig, as_policy
 from depthkv.profile import Budget, Profile, budget_tokens, check_budget, fingerprint, round_tokens
 from depthkv.runtime.attention import depthkv_attention_enabled
@@ -102,7 +105,9 @@ def calibrate(
         policy: eviction policy (default SnapKV).
         compress: ``"context"`` or ``"prompt"`` (:mod:`depthkv.calibration.engine`).
         checkpoint: a JSON path; the partial profile is written there after every example, and a run
-            with the same path, settings and workload resumes where it stopped.
+            with the same path, settings and workload resumes where it stopped, with the same
+            result as an uninterrupted run (tested with SIGKILL). The run holds ``<checkpoint>.lock``
+            (:func:`depthkv.files.exclusive_lock`): a second run on the same path refuses at once.
         n_permutations: permutation-test size; ``seed`` its seed.
         reuse: replay the layers below the ablated one (equal results up to float rounding; False
             for the benchmark). Recorded in the settings: a checkpoint resumes with the same value.
@@ -118,8 +123,24 @@ def calibrate(
     budgets = _check_budgets(ablation_budget if isinstance(ablation_budget, (list, tuple)) else [ablation_budget])
     pol = as_policy(policy)
     items, description = workload_items(workload)
-    fp = fingerprint(model)
+    fingerprint(model)  # an unsupported model is refused before any work
     settings = _settings(metric, compress, budgets, reuse, extra_tokens)
+    lock = exclusive_lock(checkpoint, "calibrating") if checkpoint else contextlib.nullcontext()
+    with lock:
+        return _measure(
+            model, tokenizer, items, description, budgets, metric, pol, compress, checkpoint,
+            n_permutations, seed, reuse, scorer, extra_tokens, progress, settings,
+        )
+
+
+def _measure(
+    model, tokenizer, items, description, budgets, metric, pol, compress, checkpoint,
+    n_permutations, seed, reuse, scorer, extra_tokens, progress, settings,
+) -> Profile:
+    """The calibration loop of :func:`calibrate` (under the checkpoint's lock)."""
+    fp = fingerprint(model)
+    if checkpoint:
+        remove_stale_temporaries(checkpoint)  # left by a run killed while writing the checkpoint
     partial = _resume(checkpoint, model, settings, pol, description) if checkpoint else None
     rows: list[np.ndarray] = list(np.moveaxis(partial.degradation, 1, 0)) if partial else []
     lengths = list(partial.context_lengths) if partial else []
@@ -156,6 +177,7 @@ def calibrate(
                         one[layer] = tokens
                         row[k, layer] = measure.of(one)
                         bar.update(1)
+                        failpoint("calibrate-ablation")
                 rows.append(row)
                 lengths.append(run.context_tokens)
                 baseline.append(measure.baseline)

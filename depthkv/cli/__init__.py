@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from depthkv.cli import allocate, calibrate, card, demo, evaluate, tune_floor
+from depthkv.files import FileLockedError
 
 __all__ = ["build_parser", "main"]
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as exc:  # CorruptFileError is a ValueError
+    except (ValueError, FileNotFoundError, FileLockedError) as exc:  # CorruptFileError is a ValueError
         print(f"depthkv: error: {exc}", file=sys.stderr)
         return 2
     return 0
