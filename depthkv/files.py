@@ -105,8 +105,26 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
     return Path(path)
 
 
+class _NonFinite(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> float:
+    raise _NonFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _NonFinite(text)
+    return value
+
+
 def read_json(path: str | os.PathLike, kind: str) -> dict[str, Any]:
     """Read a JSON object, turning every way it can be broken into a :class:`CorruptFileError`.
+
+    ``NaN``, ``Infinity`` and numbers that overflow to infinity (``1e999``) are refused: Python's
+    ``json`` accepts them, the JSON standard does not, and no depthkv file holds one.
 
     Args:
         kind: what the file should be (``"profile"``, ``"plan"``), for the messages.
@@ -120,7 +138,12 @@ def read_json(path: str | os.PathLike, kind: str) -> dict[str, Any]:
             f"{kind} file {path} is empty; re-create it (it was probably interrupted while written)"
         )
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except _NonFinite as exc:
+        raise CorruptFileError(
+            f"{kind} file {path} contains {exc}, which is not a finite number (JSON has no NaN or infinity); "
+            "re-create the file"
+        ) from None
     except json.JSONDecodeError as exc:
         raise CorruptFileError(
             f"{kind} file {path} is not valid JSON (truncated or corrupted?): {exc.msg} at line {exc.lineno} "

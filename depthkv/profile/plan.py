@@ -16,6 +16,8 @@ from depthkv.profile.schema import JsonArtefact, check_header, header, require
 
 PLAN_KIND = "depthkv-plan"
 
+MAX_TOKENS = 2**31 - 1  # more tokens than any context; a larger budget is a corrupted number
+
 
 @dataclass
 class Plan(JsonArtefact):
@@ -64,6 +66,12 @@ class Plan(JsonArtefact):
             raise ValueError(
                 f"plan floor {self.floor} is below the {self.policy.name} policy's floor {self.policy.floor} "
                 "(observation window + sinks)"
+            )
+        huge = [(i, b) for i, b in enumerate(self.budgets) if b is not None and b > MAX_TOKENS]
+        if huge:
+            raise ValueError(
+                f"layer {huge[0][0]}: budget {huge[0][1]} is more tokens than any context (at most {MAX_TOKENS}); "
+                "use None to keep every token of a layer"
             )
         low = [(i, b) for i, b in enumerate(self.budgets) if b is not None and b < self.floor]
         if low:

@@ -51,6 +51,12 @@ def require(data: dict[str, Any], keys: list[str], kind: str, source: str) -> No
         raise CorruptFileError(f"{kind} {source} is missing required fields {missing}")
 
 
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing field {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class JsonArtefact:
     """Saving and loading of an artefact class with ``to_dict``, ``from_dict(data, source)`` and
     ``check_model(model)``: one JSON file, written atomically, checked when read."""
@@ -66,7 +72,16 @@ class JsonArtefact:
     def load(cls, path: str | os.PathLike, model: Any = None) -> Any:
         """Load and validate a file; with ``model`` also check that it belongs to that model (a
         fingerprint mismatch names every differing field)."""
-        artefact = cls.from_dict(read_json(path, cls.NAME), source=str(path))  # type: ignore[attr-defined]
+        data = read_json(path, cls.NAME)
+        try:
+            artefact = cls.from_dict(data, source=str(path))  # type: ignore[attr-defined]
+        except CorruptFileError:
+            raise
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError, ZeroDivisionError, OverflowError) as exc:
+            # whatever a damaged field makes the parser trip on: the file is the problem, say which
+            raise CorruptFileError(
+                f"{cls.NAME} file {path} is malformed ({_describe(exc)}); re-create it with depthkv, or restore it"
+            ) from None
         if model is not None:
             artefact.check_model(model)
         return artefact
