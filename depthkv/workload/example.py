@@ -56,7 +56,7 @@ class Example:
         """Build from a dict with at least ``context``, ``question`` and ``answer``.
 
         ``task`` is optional (default ``"custom"``). A ``metadata`` dict is kept; every other key
-        is merged into metadata. Raises ``ValueError`` naming missing or mistyped fields.
+        is merged into metadata. Raises ``ValueError`` naming missing, mistyped or empty fields.
         """
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, got {type(data).__name__}")
@@ -70,6 +70,12 @@ class Example:
         for name in (*REQUIRED_FIELDS, "task"):
             if name in data and not isinstance(data[name], str):
                 raise ValueError(f"field {name!r} must be a string, got {type(data[name]).__name__}")
+        empty = [name for name in REQUIRED_FIELDS if not data[name].strip()]
+        if empty:
+            raise ValueError(
+                f"field {empty[0]!r} is empty; an example needs a non-empty context (what the cache compresses), "
+                "question and answer"
+            )
         metadata = data.get("metadata", {})
         if not isinstance(metadata, dict):
             raise ValueError(f"field 'metadata' must be an object, got {type(metadata).__name__}")

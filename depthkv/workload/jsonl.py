@@ -23,11 +23,20 @@ def load_jsonl(path: str | os.PathLike) -> list[Example]:
     Each line is an object with string fields ``context``, ``question``, ``answer``, an optional
     ``task`` (default ``"custom"``) and optional ``metadata`` object; any other key is added to
     metadata (``"scorer": "exact"`` or ``"contains"`` and ``"multi_item": true`` choose how the
-    example is scored: :mod:`~depthkv.workload.scoring`). Raises ``ValueError`` with the path and line number for bad JSON, a missing field or a wrong
-    type.
+    example is scored: :mod:`~depthkv.workload.scoring`). Raises ``ValueError`` with the path and
+    line number for bytes that are not UTF-8, bad JSON, a missing, mistyped or empty field.
     """
     path = Path(path)
-    return parse_jsonl(path.read_bytes().decode("utf-8-sig"), source=str(path))
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line}: not valid UTF-8 (byte {raw[err.start]:#04x} at offset {err.start}); "
+            "save the file as UTF-8"
+        ) from None
+    return parse_jsonl(text, source=str(path))
 
 
 def parse_jsonl(text: str, source: str = "<jsonl>") -> list[Example]:
