@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from depthkv.calibration.engine import Engine, check_compress, workload_items
-from depthkv.calibration.metrics import Degradation, check_metric
+from depthkv.calibration.metrics import Degradation, NonFiniteError, check_metric, first_nonfinite_layer
 from depthkv.calibration.stats import layer_stats
 from depthkv.faults import failpoint
 from depthkv.files import exclusive_lock, remove_stale_temporaries
@@ -163,12 +163,14 @@ def _measure(
 
     engine = Engine(model, tokenizer, pol, compress, reuse)
     todo = items[len(rows) :]
+    engine.check_fits(todo, extra_tokens)
     bar = tqdm(total=len(todo) * fp.num_layers * len(budgets), desc="calibrate", unit="ablation", disable=not progress)
     try:
         with depthkv_attention_enabled(model), torch.inference_mode():
-            for item in todo:
+            for number, item in enumerate(todo, start=len(rows)):
                 run = engine.run(item, record_layers=metric != "score")
                 measure = Degradation(run, metric, scorer, extra_tokens)
+                check_finite(measure.baseline, run, number, item, "with the full cache")
                 row = np.zeros((len(budgets), fp.num_layers))
                 for k, budget in enumerate(budgets):
                     tokens = ablation_tokens(budget, run.context_tokens, pol.floor)
@@ -176,6 +178,7 @@ def _measure(
                         one = [None] * fp.num_layers
                         one[layer] = tokens
                         row[k, layer] = measure.of(one)
+                        check_finite(row[k, layer], run, number, item, f"with layer {layer} pruned to {tokens} tokens")
                         bar.update(1)
                         failpoint("calibrate-ablation")
                 rows.append(row)
@@ -190,6 +193,21 @@ def _measure(
     if checkpoint:
         profile.save(checkpoint)
     return profile
+
+
+def check_finite(value: float, run: Any, number: int, item: Any, when: str) -> None:
+    """Raise :class:`NonFiniteError` naming the example (and the layer that overflowed) if ``value``
+    is NaN or inf, instead of writing a profile of NaNs."""
+    if np.isfinite(value):
+        return
+    layer = first_nonfinite_layer(run.outputs)
+    where = f"; the first layer whose output is not finite is layer {layer}" if layer is not None else ""
+    dtype = next(run.engine.model.parameters()).dtype
+    raise NonFiniteError(
+        f"example {number} (task {item.task!r}, {run.context_tokens} context tokens): "
+        f"the measurement {when} is {value}{where}. The model overflows in {dtype}: load it in bfloat16 or "
+        "float32, or shorten the example"
+    )
 
 
 def compute_stats(profile: Profile, n_permutations: int = 10_000, seed: int = 0) -> dict[str, Any] | None:

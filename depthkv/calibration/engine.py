@@ -166,6 +166,26 @@ class Engine:
         """Prefill ``item``'s context once (see :class:`ExampleRun`)."""
         return ExampleRun(self, item, record_layers)
 
+    def check_fits(self, items: Sequence[Item], extra_tokens: int = 0) -> None:
+        """Before any work: every example encodes to a non-empty context and fits the model's
+        position limit (``max_position_embeddings``) with its question, answer and ``extra_tokens``.
+
+        Raises:
+            ValueError: naming the first example that does not, its length and the limit.
+        """
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        for number, item in enumerate(items):
+            ctx, prefix, answer = encode_example(self.tokenizer, item.context, item.question, item.answer, self.compress)
+            if not ctx:
+                raise ValueError(f"example {number} (task {item.task!r}): its context encodes to no tokens")
+            total = len(ctx) + len(prefix) + len(answer) + extra_tokens
+            if limit is not None and total > int(limit):
+                raise ValueError(
+                    f"example {number} (task {item.task!r}) is {total} tokens (context {len(ctx)}, question "
+                    f"{len(prefix)}, answer {len(answer) + extra_tokens}), more than the model's position limit "
+                    f"of {limit}; shorten it or leave it out"
+                )
+
 
 class ExampleRun:
     """One example's full run: the recorded context cache and what every pruned cache is compared to.

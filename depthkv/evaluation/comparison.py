@@ -112,6 +112,8 @@ def evaluate(
         if plan is not None:
             plan.check_model(model)
     engines = {pol: Engine(model, tokenizer, pol, compress) for pol in distinct_policies(methods.values())}
+    for engine in list(engines.values())[:1]:
+        engine.check_fits(items, extra_tokens)  # every example fits, before any work
     stop = stop_tokens(tokenizer, stop_at_newline)
     results = {name: MethodResult(name, [], []) for name in methods}
     bar = tqdm(total=len(items) * len(methods), desc="evaluate", unit="run", disable=not progress)

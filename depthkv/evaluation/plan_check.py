@@ -73,6 +73,7 @@ def plan_degradation(
         plan.check_model(model)
     items, _ = workload_items(workload)
     engine = Engine(model, tokenizer, policies[0], compress)
+    engine.check_fits(items)
     out = np.zeros((len(plan_list), len(items)))
     bar = tqdm(total=out.size, desc="plan check", unit="run", disable=not progress)
     try:
