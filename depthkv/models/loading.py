@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from depthkv.files import CorruptFileError
 from depthkv.models.cache import ensure_entry
 from depthkv.models.conversion import convert_gguf
 from depthkv.models.registry import REAL_MODELS, find_source
@@ -57,6 +58,13 @@ def _unknown(key: str) -> ValueError:
     )
 
 
+def _unreadable(path: Path, exc: BaseException) -> str:
+    return (
+        f"cannot load the model in {path}: {type(exc).__name__}: {exc}. Are its weights complete (a truncated or "
+        "corrupted model.safetensors)? Re-copy or re-download the checkpoint"
+    )
+
+
 def load_model(name_or_path: str | os.PathLike, device: Any = "cpu", dtype: Any = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of a model name, a ``.gguf`` file or a local checkpoint folder.
 
@@ -90,10 +98,16 @@ def load_model(name_or_path: str | os.PathLike, device: Any = "cpu", dtype: Any 
         path = Path(key)
     else:
         raise _unknown(key)
-    kwargs: dict[str, Any] = {"local_files_only": True, "attn_implementation": "sdpa"}
+    # never run code shipped with a checkpoint (trust_remote_code), never fetch anything
+    kwargs: dict[str, Any] = {"local_files_only": True, "attn_implementation": "sdpa", "trust_remote_code": False}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as exc:  # safetensors' own error type, whatever the loader's version calls it
+        if "safetensor" not in type(exc).__name__.lower():
+            raise
+        raise CorruptFileError(_unreadable(path, exc)) from None
     model.to(device)
     model.eval()
     if (path / CONFIG_NAME).is_file():

@@ -115,3 +115,16 @@ def test_local_checkpoint_directory(tmp_path):
     ids = torch.tensor([[1, 5, 7, 9]])
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, source(input_ids=ids).logits)
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    """A checkpoint whose weights file was cut short: CorruptFileError naming the folder, not the
+    safetensors library's own exception."""
+    from depthkv.files import CorruptFileError
+    from tests.helpers import tiny_model
+
+    tiny_model("llama").save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CorruptFileError, match=f"cannot load the model in {tmp_path}.*truncated or corrupted"):
+        load_model(tmp_path)
