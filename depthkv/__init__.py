@@ -19,7 +19,7 @@ context is created until you call one of these functions.
 
 from depthkv.allocation import STRATEGIES, allocate, plan_from_budgets, uniform_plan
 from depthkv.calibration import LayerStats, calibrate
-from depthkv.calibration.metrics import NonFiniteError
+from depthkv.calibration.engine import NonFiniteError
 from depthkv.compiler import DepthKVBackend, backend, compile
 from depthkv.evaluation import FloorSearch, MethodResult, evaluate, plan_degradation, tune_floor
 from depthkv.files import CorruptFileError, FileLockedError

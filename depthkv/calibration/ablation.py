@@ -25,8 +25,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from depthkv.calibration.engine import Engine, check_compress, workload_items
-from depthkv.calibration.metrics import Degradation, NonFiniteError, check_metric, first_nonfinite_layer
+from depthkv.calibration.engine import (
+    Engine,
+    NonFiniteError,
+    check_compress,
+    first_nonfinite_layer,
+    nonfinite_message,
+    workload_items,
+)
+from depthkv.calibration.metrics import Degradation, check_metric
 from depthkv.calibration.stats import layer_stats
 from depthkv.faults import failpoint
 from depthkv.files import exclusive_lock, remove_stale_temporaries
@@ -200,14 +207,9 @@ def check_finite(value: float, run: Any, number: int, item: Any, when: str) -> N
     is NaN or inf, instead of writing a profile of NaNs."""
     if np.isfinite(value):
         return
-    layer = first_nonfinite_layer(run.outputs)
-    where = f"; the first layer whose output is not finite is layer {layer}" if layer is not None else ""
     dtype = next(run.engine.model.parameters()).dtype
-    raise NonFiniteError(
-        f"example {number} (task {item.task!r}, {run.context_tokens} context tokens): "
-        f"the measurement {when} is {value}{where}. The model overflows in {dtype}: load it in bfloat16 or "
-        "float32, or shorten the example"
-    )
+    layer = first_nonfinite_layer(run.outputs)
+    raise NonFiniteError(nonfinite_message(number, item, run.context_tokens, when, value, layer, dtype))
 
 
 def compute_stats(profile: Profile, n_permutations: int = 10_000, seed: int = 0) -> dict[str, Any] | None:

@@ -50,6 +50,28 @@ __all__ = [
 COMPRESS_MODES = ("context", "prompt")
 
 
+class NonFiniteError(ValueError):
+    """The model produced NaN or infinity while depthkv measured it (usually fp16 overflow)."""
+
+
+def first_nonfinite_layer(outputs: Sequence[Any]) -> int | None:
+    """Index of the first decoder layer whose recorded output holds NaN or inf (None if none does)."""
+    for index, out in enumerate(outputs):
+        tensor = out[0] if isinstance(out, (tuple, list)) else out
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return index
+    return None
+
+
+def nonfinite_message(number: int, item: Item, context_tokens: int, when: str, value: Any, layer: int | None, dtype: Any) -> str:
+    """The message of a :class:`NonFiniteError`: the example, what was measured, the layer."""
+    where = f"; the first layer whose output is not finite is layer {layer}" if layer is not None else ""
+    return (
+        f"example {number} (task {item.task!r}, {context_tokens} context tokens): the measurement {when} is "
+        f"{value}{where}. The model overflows in {dtype}: load it in bfloat16 or float32, or shorten the example"
+    )
+
+
 @dataclass(frozen=True)
 class Item:
     """One workload example as the engine reads it; ``source`` is the example as given."""
@@ -215,6 +237,18 @@ class ExampleRun:
             with record_outputs(engine.model) as outputs:
                 self.full_logprobs = self.answer_logprobs(self.cache_for([None] * engine.n_layers))
             self.outputs = outputs
+
+    def check_finite(self, number: int) -> None:
+        """Raise :class:`NonFiniteError` if the full cache's first logits hold NaN or inf, naming
+        example ``number`` and the first layer whose output is not finite (re-run recording them)."""
+        if bool(torch.isfinite(self.first_logits).all()):
+            return
+        probe = self if self.outputs else ExampleRun(self.engine, self.item, record_layers=True)
+        layer = first_nonfinite_layer(probe.outputs)
+        dtype = next(self.engine.model.parameters()).dtype
+        raise NonFiniteError(
+            nonfinite_message(number, self.item, self.context_tokens, "with the full cache", "not finite", layer, dtype)
+        )
 
     def effective(self, budgets: Sequence[int | None]) -> list[int | None]:
         """``budgets`` with every budget that keeps the whole context written as ``None``."""

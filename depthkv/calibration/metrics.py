@@ -24,19 +24,6 @@ __all__ = ["METRICS", "Degradation", "check_metric", "default_scorer"]
 Scorer = Callable[[Any, str], float]
 
 
-class NonFiniteError(ValueError):
-    """The model produced NaN or infinity while depthkv measured it (usually fp16 overflow)."""
-
-
-def first_nonfinite_layer(outputs: Sequence[Any]) -> int | None:
-    """Index of the first decoder layer whose recorded output holds NaN or inf (None if none does)."""
-    for index, out in enumerate(outputs):
-        tensor = out[0] if isinstance(out, (tuple, list)) else out
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return index
-    return None
-
-
 def check_metric(metric: str) -> str:
     """``metric`` if it is one of :data:`METRICS`, else a ``ValueError`` naming them."""
     if metric not in METRICS:

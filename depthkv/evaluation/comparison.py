@@ -119,8 +119,10 @@ def evaluate(
     bar = tqdm(total=len(items) * len(methods), desc="evaluate", unit="run", disable=not progress)
     try:
         with depthkv_attention_enabled(model), torch.inference_mode():
-            for item in items:
+            for number, item in enumerate(items):
                 runs = {pol: engine.run(item) for pol, engine in engines.items()}
+                for run in list(runs.values())[:1]:
+                    run.check_finite(number)  # a model that overflows is an error, not a score of garbage
                 for name, plan in methods.items():
                     run = runs[policy_of(plan)]
                     budgets = [None] * run.engine.n_layers if plan is None else plan.budgets_for(run.context_tokens)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import depthkv
-from depthkv.calibration.metrics import NonFiniteError
 from depthkv.calibration.replay import decoder_layers
 from depthkv.workload import Example
 from tests.helpers import CharTokenizer, tiny_model
@@ -25,7 +24,7 @@ def test_overflowing_layer_is_named(tmp_path):
     with torch.no_grad():
         decoder_layers(model)[1].mlp.down_proj.weight.fill_(float("inf"))  # layer 1 overflows (as fp16 would)
     out = tmp_path / "profile.json"
-    with pytest.raises(NonFiniteError, match=r"example 0 .* with the full cache is nan; the first layer whose output is not finite is layer 1") as err:
+    with pytest.raises(depthkv.NonFiniteError, match=r"example 0 .* with the full cache is nan; the first layer whose output is not finite is layer 1") as err:
         depthkv.calibrate(model, CharTokenizer(), _examples(), checkpoint=out, progress=False)
     assert "bfloat16 or float32" in str(err.value)
     assert not out.exists()  # nothing written: no profile of NaNs
@@ -43,3 +42,12 @@ def test_examples_longer_than_the_position_limit_are_refused_before_work(tmp_pat
     with pytest.raises(ValueError, match=r"example 1 .* is 5005 tokens .* more than the model's position limit of 4096"):
         depthkv.calibrate(model, CharTokenizer(), examples, checkpoint=out, progress=False)
     assert not out.exists()  # refused before the first example was measured
+
+
+def test_evaluation_of_an_overflowing_model_is_an_error():
+    model = tiny_model("llama")
+    with torch.no_grad():
+        decoder_layers(model)[2].self_attn.o_proj.weight.fill_(float("inf"))
+    plan = depthkv.uniform_plan(model, 16)
+    with pytest.raises(depthkv.NonFiniteError, match=r"example 0 .* the first layer whose output is not finite is layer 2"):
+        depthkv.evaluate(model, CharTokenizer(), _examples(), {"uniform": plan}, progress=False)

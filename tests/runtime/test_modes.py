@@ -90,3 +90,11 @@ def test_memory_per_mode(llama):
     assert evict.kv_nbytes() == per_token * (10 + 64 + 17)  # a full layer has max_len slots
     assert append.kv_nbytes() == per_token * (10 + 8 + 64 + 17 + 8)  # ... and no tail
     assert append.slots() == [18, 64, 25] and append.mode == "append"
+
+
+def test_prompt_longer_than_the_static_cache_is_refused(llama):
+    plan = depthkv.plan_from_budgets(llama, BUDGETS)
+    cache = StaticBudgetCache.for_model(llama, plan, max_len=32)
+    with depthkv_attention_enabled(llama), torch.inference_mode():
+        with pytest.raises(ValueError, match="layer 0: 40 tokens exceed the cache's max_len 32; make the StaticBudgetCache"):
+            llama(_ids(40), cache=cache, use_cache=True)
