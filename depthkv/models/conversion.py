@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from depthkv.files import CorruptFileError
 from depthkv.models.registry import require_gguf
 
 __all__ = ["convert_gguf"]
@@ -30,7 +31,13 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 
     gguf = Path(gguf)
     kwargs = {"gguf_file": gguf.name, "local_files_only": True}
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    except (ValueError, KeyError, IndexError, OSError, EOFError) as exc:
+        raise CorruptFileError(
+            f"{gguf} cannot be read as a GGUF model ({type(exc).__name__}: {exc}); the file is probably truncated "
+            f"or damaged ({gguf.stat().st_size:,} bytes): re-install its package or re-download it"
+        ) from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -545,3 +545,19 @@ def test_an_unknown_name_lists_every_model_name():
         load_model("no-such-model")
     for name in [*MODELS, *REAL_MODELS]:
         assert name in str(err.value)
+
+
+def test_a_truncated_gguf_is_a_clear_error(tmp_path, monkeypatch):
+    """A GGUF cut to a third of its size: CorruptFileError naming the file and saying it is
+    probably truncated; no cache entry is left behind."""
+    from depthkv.files import CorruptFileError
+
+    _require_package("smollm2-135m")
+    source = registry.find_source("smollm2-135m")
+    cut = tmp_path / "cut.gguf"
+    data = b"".join(part.read_bytes() for part in source.parts)
+    cut.write_bytes(data[: len(data) // 3])
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(CorruptFileError, match=f"{cut} cannot be read as a GGUF model .* probably truncated"):
+        load_model(cut)
+    assert not any((tmp_path / "cache").rglob("model.safetensors"))
