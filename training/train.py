@@ -804,7 +804,7 @@ def train(
     probe_seconds = None
     stage_steps = list(cfg.stage_steps) if cfg.stage_steps is not None else None
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False, map_location=device)
+        state = torch.load(ckpt_path, weights_only=True, map_location=device)  # tensors and plain values only: no pickled code
         mismatch = resume_mismatch(state["config"], cfg)
         if mismatch:
             raise ValueError(
