@@ -33,6 +33,7 @@ from depthkv.policies import PolicyConfig
 from depthkv.profile import Plan, fingerprint
 from depthkv.runtime import BudgetCache, cache_kwarg, greedy_decode
 from depthkv.runtime.generation import until_stop
+from depthkv.runtime.modes import check_mode
 
 __all__ = [
     "COMPRESS_MODES",
@@ -162,15 +163,28 @@ class Engine:
         compress: ``"context"`` or ``"prompt"`` (see the module docstring).
         reuse: replay the layers below the lowest pruned one from the full run (exactly equal
             results, up to float rounding; False recomputes them, for the benchmark).
+        mode: the decode mode of the pruned caches (``"evict"`` or ``"append"``,
+            :mod:`depthkv.runtime.modes`): what generated tokens do to them.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, policy: PolicyConfig, compress: str = "context", reuse: bool = True):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        policy: PolicyConfig,
+        compress: str = "context",
+        reuse: bool = True,
+        mode: str = "evict",
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.policy = policy
         self.compress = check_compress(compress)
         self.reuse = reuse
-        self.n_layers = fingerprint(model).num_layers
+        self.mode = check_mode(mode)
+        fp = fingerprint(model)
+        self.n_layers = fp.num_layers
+        self.caps = list(fp.layer_windows) if fp.layer_windows is not None else None
         self.device = next(model.parameters()).device
         self.kw = cache_kwarg(model)
         self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -258,7 +272,7 @@ class ExampleRun:
 
     def cache_for(self, budgets: Sequence[int | None]) -> BudgetCache:
         """The cache each layer would hold after the context with ``budgets`` (``None``: everything)."""
-        return self.cache.pruned(list(budgets))
+        return self.cache.pruned(list(budgets), mode=self.engine.mode, caps=self.engine.caps)
 
     def kv_tokens(self, budgets: Sequence[int | None]) -> int:
         """Context tokens kept over all layers with ``budgets``."""

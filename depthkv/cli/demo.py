@@ -79,6 +79,11 @@ def add_parser(sub: Any) -> None:
         "context",
     )
     demo.add_argument(
+        "--mode", choices=["evict", "append"], default="evict",
+        help="decode mode while answering: evict (every generated token keeps each layer at its budget; "
+        "long sessions) or append (generated tokens are appended; what the KV-compression papers evaluate)",
+    )
+    demo.add_argument(
         "--controls-at", choices=["all", "primary"], default=None,
         help="controls for the DepthKV plans of every budget or of the primary --budget only "
         "(default: all; a real model's card: primary, to keep the demo within minutes)",
@@ -209,7 +214,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         control_budgets=None if controls_at == "all" else [args.budget], seed=args.seed,
     )
     results = evaluate(
-        model, tokenizer, evalw, methods, compress=compress, **decoding(evalw), progress=not args.no_progress
+        model, tokenizer, evalw, methods, compress=compress, **decoding(evalw), progress=not args.no_progress,
+        mode=args.mode,
     )
     summaries = {name: r.summary(seed=args.seed) for name, r in results.items()}
     b = args.budget
@@ -229,6 +235,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         controls=not args.no_controls,
         controls_at=controls_at,
         compress=compress,
+        mode=args.mode,
     )
     files = write_report(out, profile, plans, summaries, budgets, info, all_plans=every)
     (out / "profile.partial.json").unlink(missing_ok=True)

@@ -70,6 +70,11 @@ def add_parser(sub: Any) -> None:
         help="where the cache is compressed: after the context (questions come later) or after context + "
         "question (SnapKV's query-aware setting); default: the profile's, else context",
     )
+    ev.add_argument(
+        "--mode", choices=["evict", "append"], default="evict",
+        help="decode mode while answering: evict (every generated token keeps each layer at its budget; "
+        "long sessions) or append (generated tokens are appended; what the KV-compression papers evaluate)",
+    )
     ev.add_argument("--no-full", action="store_true", help="leave out the full-cache baseline")
     add_workload_args(ev, split="evaluation", n_per_task=32)
     ev.add_argument(
@@ -155,7 +160,8 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
               "accuracy measured on it overstates what the plans do on new examples")
     compress = args.compress or (profile.settings.get("compress") if profile is not None else None) or "context"
     results = evaluate(
-        model, tokenizer, workload, methods, compress=compress, **decoding(workload), progress=not args.no_progress
+        model, tokenizer, workload, methods, compress=compress, **decoding(workload), progress=not args.no_progress,
+        mode=args.mode,
     )
     summaries = {name: r.summary(seed=0) for name, r in results.items()}
     every = {name: plan for name, plan in methods.items() if plan is not None}
@@ -177,6 +183,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         global_budget=primary,
         controls=bool(profile is not None and not args.no_controls),
         compress=compress,
+        mode=args.mode,
         seed=args.seed,
     )
     extra = {

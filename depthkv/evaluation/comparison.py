@@ -90,6 +90,7 @@ def evaluate(
     extra_tokens: int = 2,
     stop_at_newline: bool = True,
     progress: bool = True,
+    mode: str = "evict",
 ) -> dict[str, MethodResult]:
     """Score each method on every example of ``workload``.
 
@@ -101,6 +102,9 @@ def evaluate(
         scorer: ``scorer(example, prediction)`` (default: :func:`depthkv.workload.score`).
         extra_tokens: tokens generated beyond the reference answer's length (generation also stops at
             a newline when ``stop_at_newline``).
+        mode: the decode mode while answering: ``"evict"`` (every generated token keeps each layer
+            at its budget) or ``"append"`` (generated tokens are appended; what the KV-compression
+            papers evaluate). See :mod:`depthkv.runtime.modes`.
 
     Returns:
         name → :class:`MethodResult`.
@@ -111,7 +115,7 @@ def evaluate(
     for plan in methods.values():
         if plan is not None:
             plan.check_model(model)
-    engines = {pol: Engine(model, tokenizer, pol, compress) for pol in distinct_policies(methods.values())}
+    engines = {pol: Engine(model, tokenizer, pol, compress, mode=mode) for pol in distinct_policies(methods.values())}
     for engine in list(engines.values())[:1]:
         engine.check_fits(items, extra_tokens)  # every example fits, before any work
     stop = stop_tokens(tokenizer, stop_at_newline)

@@ -278,7 +278,8 @@ def _evaluation_line(info: dict[str, Any]) -> str:
     where = info.get("eval_source") or "evaluation split"
     ctx = info.get("context_length")
     ctx_text = "?" if ctx is None else f"{ctx:.0f}" if isinstance(ctx, float) else str(ctx)
-    return f"Evaluation: {info.get('n_eval', '?')} examples ({where}), context {ctx_text} tokens."
+    mode = info.get("mode", "evict")
+    return f"Evaluation: {info.get('n_eval', '?')} examples ({where}), context {ctx_text} tokens, decode mode `{mode}`."
 
 
 def render_markdown(

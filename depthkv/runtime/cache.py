@@ -262,11 +262,22 @@ class BudgetCache(Cache):
         cache.mode = layers[0].mode if layers else "evict"
         return cache
 
-    def pruned(self, budgets: list[int | None]) -> BudgetCache:
-        """From a recorded full cache (``record=True``), the cache each layer would hold with ``budgets``."""
+    def pruned(
+        self, budgets: list[int | None], mode: str = "evict", caps: list[int | None] | None = None
+    ) -> BudgetCache:
+        """From a recorded full cache (``record=True``), the cache each layer would hold with ``budgets``.
+
+        ``mode`` is the decode mode of the copies (sliding-window layers, those with a cap in
+        ``caps``, always evict), as :meth:`from_plan` makes them.
+        """
         if len(budgets) != len(self.layers):
             raise ValueError(f"got {len(budgets)} budgets for a cache of {len(self.layers)} layers")
-        return BudgetCache.from_layers([lay.pruned_copy(b) for lay, b in zip(self.layers, budgets)], self.policy)
+        check_mode(mode)
+        caps = caps or [None] * len(self.layers)
+        layers = [lay.pruned_copy(b) for lay, b in zip(self.layers, budgets)]
+        for layer, cap in zip(layers, caps):
+            layer.mode = "evict" if cap is not None else mode
+        return BudgetCache.from_layers(layers, self.policy)
 
     @classmethod
     def from_plan(cls, plan: Plan, context_length: int | None = None, mode: str = "evict") -> BudgetCache:

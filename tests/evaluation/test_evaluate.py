@@ -51,8 +51,10 @@ def test_methods_side_by_side(setup):
     assert model.config._attn_implementation == "sdpa"
 
 
-def test_pruned_cache_generation_equals_apply():
-    """evaluate's derived caches generate exactly what depthkv.apply generates with the same plan."""
+@pytest.mark.parametrize("mode", ["evict", "append"])
+def test_pruned_cache_generation_equals_apply(mode):
+    """evaluate's derived caches generate exactly what depthkv.apply generates with the same plan,
+    in either decode mode (append: the generated tokens join the cache, evict: they replace)."""
     from tests.helpers import tiny_model
 
     model = tiny_model("qwen2")
@@ -61,15 +63,25 @@ def test_pruned_cache_generation_equals_apply():
     tok = CharTokenizer()
     preds = []
     scorer = lambda e, p: preds.append(p) or 0.0  # noqa: E731
-    evaluate(model, tok, [ex], {"p": plan}, compress="prompt", scorer=scorer, progress=False, stop_at_newline=False)
+    evaluate(
+        model, tok, [ex], {"p": plan}, compress="prompt", scorer=scorer, progress=False, stop_at_newline=False,
+        extra_tokens=12, mode=mode,
+    )
     ids = torch.tensor([tok(ex["context"] + ex["question"])["input_ids"]])
-    n = len(tok(ex["answer"])["input_ids"]) + 2
-    handle = depthkv.apply(model, plan)
+    n = len(tok(ex["answer"])["input_ids"]) + 12
+    handle = depthkv.apply(model, plan, mode=mode)
     try:
         out = handle.generate(ids, max_new_tokens=n, do_sample=False)
     finally:
         handle.remove()
     assert preds[0] == tok.decode(out[0, ids.shape[1] :].tolist())
+    preds.clear()
+    other = "append" if mode == "evict" else "evict"
+    evaluate(
+        model, tok, [ex], {"p": plan}, compress="prompt", scorer=scorer, progress=False, stop_at_newline=False,
+        extra_tokens=12, mode=other,
+    )
+    assert preds[0] != tok.decode(out[0, ids.shape[1] :].tolist())  # the mode matters: not a no-op
 
 
 def test_write_report(setup, tmp_path):
