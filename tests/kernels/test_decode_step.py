@@ -14,22 +14,13 @@ from depthkv.kernels import LayerBuffers
 from depthkv.kernels.decode_step import decode_append, decode_evict, victim
 from depthkv.kernels.evict_reference import attend_evict_reference
 from depthkv.policies import POLICIES, PolicyConfig, select
+from tests.kernels.decode_buffers import causal_padding_mask, clone, new_buffers, padding_mask
 
 B, H, HKV, D = 3, 4, 2, 8
 
 
 def empty_buffers(slots: int, b: int = B, hkv: int = HKV, d: int = D) -> LayerBuffers:
-    return LayerBuffers(
-        torch.zeros(b, hkv, slots, d),
-        torch.zeros(b, hkv, slots, d),
-        torch.full((b, hkv, slots), -1, dtype=torch.long),
-        torch.zeros(b, hkv, slots),
-        torch.zeros((), dtype=torch.long),
-    )
-
-
-def clone(bufs: LayerBuffers) -> LayerBuffers:
-    return LayerBuffers(*(t.clone() for t in bufs.tensors()))
+    return new_buffers(slots, b, hkv, d)
 
 
 def by_position(bufs: LayerBuffers, stateful: bool) -> dict[str, torch.Tensor]:
@@ -42,19 +33,6 @@ def by_position(bufs: LayerBuffers, stateful: bool) -> dict[str, torch.Tensor]:
     if stateful:
         out["scores"] = bufs.scores.gather(-1, order)
     return out
-
-
-def padding_mask(pads: list[int], length: int) -> torch.Tensor:
-    """bool ``[B, 1, 1, length]``: row ``b`` has ``pads[b]`` left-padding tokens."""
-    cols = torch.arange(length)
-    return (cols[None, :] >= torch.tensor(pads)[:, None])[:, None, None, :]
-
-
-def causal_padding_mask(pads: list[int], m: int, length: int) -> torch.Tensor:
-    cols = torch.arange(length)
-    rows = torch.arange(length - m, length)
-    causal = cols[None, :] <= rows[:, None]
-    return causal[None, None] & padding_mask(pads, length)
 
 
 def draw(g, heads, n):

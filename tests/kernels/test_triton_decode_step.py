@@ -19,6 +19,9 @@ from depthkv.kernels import LayerBuffers, available_impls
 from depthkv.kernels import decode_step as ref
 from depthkv.kernels.evict_reference import attend_evict_reference
 from depthkv.policies import POLICIES, PolicyConfig
+from tests.kernels.decode_buffers import causal_padding_mask as shared_causal_padding_mask
+from tests.kernels.decode_buffers import clone, new_buffers
+from tests.kernels.decode_buffers import padding_mask as shared_padding_mask
 
 pytest.importorskip("triton", reason="triton is not installed (optional extra: pip install 'depthkv[triton]')")
 from depthkv.kernels import triton_decode_step as tri  # noqa: E402
@@ -39,13 +42,7 @@ TOL = {torch.float32: (1e-5, 1e-6), torch.float16: (2e-3, 2e-3), torch.bfloat16:
 
 
 def empty_buffers(slots: int, b: int = B, hkv: int = HKV, d: int = D, dtype=torch.float32) -> LayerBuffers:
-    return LayerBuffers(
-        torch.zeros(b, hkv, slots, d, dtype=dtype, device=DEVICE),
-        torch.zeros(b, hkv, slots, d, dtype=dtype, device=DEVICE),
-        torch.full((b, hkv, slots), -1, dtype=torch.long, device=DEVICE),
-        torch.zeros(b, hkv, slots, device=DEVICE),
-        torch.zeros((), dtype=torch.long, device=DEVICE),
-    )
+    return new_buffers(slots, b, hkv, d, dtype, DEVICE)
 
 
 def random_buffers(g, slots: int, b: int, hkv: int, d: int, dtype, seen: int, free: int = 2) -> LayerBuffers:
@@ -62,10 +59,6 @@ def random_buffers(g, slots: int, b: int, hkv: int, d: int, dtype, seen: int, fr
     bufs.scores.copy_(torch.rand(b, hkv, slots, generator=g))
     bufs.seen.fill_(seen)
     return bufs
-
-
-def clone(bufs: LayerBuffers) -> LayerBuffers:
-    return LayerBuffers(*(t.clone() for t in bufs.tensors()))
 
 
 def by_position(bufs: LayerBuffers) -> dict[str, torch.Tensor]:
@@ -96,9 +89,7 @@ def assert_out(got: torch.Tensor, want: torch.Tensor, what: str = "") -> None:
 
 
 def padding_mask(pads: list[int], length: int) -> torch.Tensor:
-    """bool ``[B, 1, 1, length]``: row ``b`` has ``pads[b]`` left-padding tokens."""
-    cols = torch.arange(length)
-    return (cols[None, :] >= torch.tensor(pads)[:, None])[:, None, None, :].to(DEVICE)
+    return shared_padding_mask(pads, length, DEVICE)
 
 
 def additive(mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
@@ -107,10 +98,7 @@ def additive(mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
 
 
 def causal_padding_mask(pads: list[int], m: int, length: int) -> torch.Tensor:
-    cols = torch.arange(length)
-    rows = torch.arange(length - m, length)
-    causal = (cols[None, :] <= rows[:, None]).to(DEVICE)
-    return causal[None, None] & padding_mask(pads, length)
+    return shared_causal_padding_mask(pads, m, length, DEVICE)
 
 
 def draw(g, b, heads, n, d=D, dtype=torch.float32):
