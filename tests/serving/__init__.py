@@ -1,0 +1,1 @@
+"""depthkv.serving: the engine plan export and its checks, the KV capacity calculator, ``depthkv export``."""
