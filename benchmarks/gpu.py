@@ -41,6 +41,9 @@ Run on a CUDA machine (written for one H200; the default run stays under 5 minut
    steps / time. Batch-1 tokens/s is also scaled to the real 32-layer model by the per-layer time:
    ``step_32 = head + 32 * (step - head) / layers``, ``head`` (final norm + lm_head) timed alone.
    And, from bytes alone, the largest batch of the real 32-layer model on a 141 GB device.
+6. Multi-device (before serving): the shipped tiny model split over devices by an accelerate
+   device map (two GPUs if there are two, else the GPU with CPU and disk offload), every depthkv
+   path against the unsplit model: ``benchmarks/multi_device.py``.
    Every row is a fresh ``torch._dynamo.reset()`` + compile (its compile time is recorded). Rows
    run 128K first, batch 1 before the largest batch; a row that would not finish within
    ``--time-budget`` seconds of the start (estimated from the rows before it) is skipped and
@@ -902,6 +905,11 @@ def markdown(res: dict) -> str:
         for r in bw["decode"]:
             lines.append(f"| {r['context']} | {r['variant']} | {r['slots']} | {r['kv_bytes'] / 2**20:.1f} | {r['ms']:.4f} | "
                          f"{r['timing']} | {r['gbs']:.0f} | {r['eager_gbs']:.0f} | {r['fraction']:.0%} |")
+    if "multi_device" in res:
+        md = res["multi_device"]
+        lines += ["", f"## Multi-device: {md['split']} ({md['seconds']:.0f} s)", "", "| check | ok | detail |", "|---|---|---|"]
+        for c in md["checks"]:
+            lines.append(f"| {c['check']} | {'yes' if c['ok'] else 'NO'} | `{json.dumps(c['detail'], default=str)[:200]}` |")
     if "serving" in res:
         lines += _serving_md(res["serving"])
     if "serving_error" in res:
@@ -985,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-largest-batch", action="store_true", help="serving at batch 1 only")
     parser.add_argument("--variants", nargs="+", default=None, choices=[v[0] for v in VARIANTS],
                         help="serving variants to run (default all)")
-    parser.add_argument("--skip", nargs="+", default=[], choices=("prefill", "decode", "serving"),
+    parser.add_argument("--skip", nargs="+", default=[], choices=("prefill", "decode", "multi_device", "serving"),
                         help="sections to leave out (correctness always runs)")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="seconds from the start: a serving row expected to end later (by the rows before it) is "
@@ -1043,6 +1051,14 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint("decode")
         res["bandwidth"] = bandwidth(cfg, device, cuda, res["decode"])
         checkpoint("bandwidth")
+    if "multi_device" not in args.skip:
+        log("multi-device ...")
+        from benchmarks.multi_device import run as multi_device
+
+        res["multi_device"] = multi_device(cuda)
+        checkpoint("multi_device")
+        bad += [{"kernel": c["check"], "shape": "multi-device", "err": float("nan"), "tol": float("nan")}
+                for c in res["multi_device"]["checks"] if not c["ok"]]
     free_memory(cuda)
     if "serving" not in args.skip:
         log("serving ...")

@@ -95,14 +95,17 @@ def test_code_blocks_are_python_bash_or_text(page):
 
 @pytest.mark.parametrize("page", PAGES, ids=_name)
 def test_depthkv_command_lines_parse(page):
-    """Each ``depthkv`` command of a shell block names a real command with real options and valid
-    budgets (parsed, not run). Synopsis lines with ``[optional]`` parts are left out."""
+    """Each ``depthkv`` command of a shell block (also the one a ``torchrun ... -m depthkv`` line
+    runs) names a real command with real options and valid budgets (parsed, not run). Synopsis
+    lines with ``[optional]`` parts are left out."""
     parser = build_parser()
     for block in blocks(page):
         if block.language != "bash":
             continue
         for offset, line in enumerate(block.source.replace("\\\n", " ").splitlines()):
             command = line.split("#", 1)[0].strip()
+            if command.startswith("torchrun ") and " -m depthkv " in command:  # the part torchrun runs
+                command = "depthkv " + command.split(" -m depthkv ", 1)[1]
             if not command.startswith("depthkv ") or "[" in command:
                 continue
             try:

@@ -27,7 +27,9 @@ def test_gpu_script_dry_run_writes_json_and_markdown(tmp_path):
     [md_file] = tmp_path.glob("gpu-*.md")
     data = json.loads(json_file.read_text())
     assert data["dry_run"] is True and data["torch"] and data["triton"] and data["transformers"] and data["device"]
-    assert data["completed"] == ["correctness", "prefill", "decode", "bandwidth", "serving"], data.get("serving_error")
+    assert data["completed"] == ["correctness", "prefill", "decode", "bandwidth", "multi_device", "serving"], data.get("serving_error")
+    # the multi-device section: a model split by a device map (CPU + disk offload here) on every path
+    assert data["multi_device"]["ok"] and len(data["multi_device"]["checks"]) == 7, data["multi_device"]
 
     # correctness, with the fused decode step (evict and append: output and buffer state)
     assert data["correctness"] and all(row["ok"] for row in data["correctness"])

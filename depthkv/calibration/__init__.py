@@ -8,7 +8,7 @@
 * :mod:`~depthkv.calibration.stats` — permutation test, Friedman test, bootstrap CIs.
 """
 
-from depthkv.calibration.ablation import calibrate, compute_stats
+from depthkv.calibration.ablation import calibrate, compute_stats, shard_checkpoint
 from depthkv.calibration.stats import (
     LayerStats,
     bootstrap_mean_ci,
@@ -25,4 +25,5 @@ __all__ = [
     "friedman_test",
     "layer_stats",
     "permutation_test",
+    "shard_checkpoint",
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,13 +36,15 @@ from depthkv.calibration.engine import (
 )
 from depthkv.calibration.metrics import Degradation, check_metric
 from depthkv.calibration.stats import layer_stats
+from depthkv.distributed import agree, barrier, gather_in_order, world
 from depthkv.faults import failpoint
 from depthkv.files import exclusive_lock, remove_stale_temporaries
 from depthkv.policies import PolicyConfig, as_policy
 from depthkv.profile import Budget, Profile, budget_tokens, check_budget, fingerprint, round_tokens
 from depthkv.runtime.attention import depthkv_attention_enabled
+from depthkv.runtime.devices import model_dtype
 
-__all__ = ["ablation_tokens", "calibrate", "compute_stats"]
+__all__ = ["ablation_tokens", "calibrate", "compute_stats", "shard_checkpoint"]
 
 
 def ablation_tokens(budget: Budget, context_tokens: int, floor: int) -> int:
@@ -96,6 +99,7 @@ def calibrate(
     scorer: Callable[[Any, str], float] | None = None,
     extra_tokens: int = 0,
     progress: bool = True,
+    distributed: bool = True,
 ) -> Profile:
     """Measure each layer's sensitivity to KV pruning on ``workload``.
 
@@ -121,6 +125,14 @@ def calibrate(
         scorer: ``scorer(example, prediction) -> float`` for ``metric="score"`` (default:
             :func:`depthkv.workload.score`).
         extra_tokens: extra tokens generated beyond the answer length for ``metric="score"``.
+        progress: show a progress bar.
+        distributed: inside an initialised ``torch.distributed`` process group (``torchrun``),
+            split the examples over the ranks (:mod:`depthkv.distributed`): rank ``r`` measures
+            examples ``r, r + N, ...`` and checkpoints them to :func:`shard_checkpoint` (a restarted
+            job with the same number of ranks resumes from there), the rows are gathered in
+            workload order, every rank returns the profile a single process makes (same matrix,
+            statistics and workload fingerprint) and rank 0 writes it to ``checkpoint``. False
+            measures every example on every rank.
 
     Returns:
         A complete :class:`Profile` with the degradation matrix and statistics.
@@ -132,26 +144,99 @@ def calibrate(
     items, description = workload_items(workload)
     fingerprint(model)  # an unsupported model is refused before any work
     settings = _settings(metric, compress, budgets, reuse, extra_tokens)
+    args = (model, tokenizer, items, description, budgets, metric, pol, compress, reuse, scorer, extra_tokens, progress)
+    rank, size = world() if distributed else (0, 1)
+    if size > 1:
+        return _calibrate_sharded(args, settings, checkpoint, n_permutations, seed, rank, size)
     lock = exclusive_lock(checkpoint, "calibrating") if checkpoint else contextlib.nullcontext()
     with lock:
-        return _measure(
-            model, tokenizer, items, description, budgets, metric, pol, compress, checkpoint,
-            n_permutations, seed, reuse, scorer, extra_tokens, progress, settings,
+        profile = _measure(*args, checkpoint=checkpoint, settings=settings)
+        profile.stats = compute_stats(profile, n_permutations=n_permutations, seed=seed)
+        if checkpoint:
+            profile.save(checkpoint)
+        return profile
+
+
+def shard_checkpoint(checkpoint: str | os.PathLike, rank: int, size: int) -> Path:
+    """Where rank ``rank`` of ``size`` checkpoints its shard of a run whose profile goes to
+    ``checkpoint``: ``profile.json`` -> ``profile.rank0-of-2.json`` beside it."""
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}.rank{rank}-of-{size}{path.suffix or '.json'}")
+
+
+def _calibrate_sharded(args: tuple, settings: dict, checkpoint, n_permutations: int, seed: int, rank: int, size: int):
+    """:func:`calibrate` inside a process group: rank ``r`` measures examples ``r, r + size, ...``
+    (checkpointing them to :func:`shard_checkpoint`, from which a restarted job resumes), the rows
+    are gathered in workload order, and every rank gets the profile one process would have made;
+    rank 0 writes it to ``checkpoint``."""
+    model, _, items, description, budgets, metric, pol = args[:7]
+    args = (*args[:11], args[11] and rank == 0)  # one progress bar: rank 0's
+    agree((description, settings, pol.to_dict(), fingerprint(model).to_dict(), str(checkpoint)), "the calibration run")
+    with contextlib.ExitStack() as stack:
+
+        def work(indices: list[int]) -> list[tuple[np.ndarray, int, float]]:
+            done = _completed(checkpoint, model, settings, pol, description) if checkpoint else None
+            if done is not None:  # the whole profile is already there: this shard's rows from it
+                rows = np.moveaxis(done.degradation, 1, 0)
+                return [(rows[i], done.context_lengths[i], done.baseline[i]) for i in indices]
+            part = None
+            if checkpoint:
+                if rank == 0:
+                    stack.enter_context(exclusive_lock(checkpoint, "calibrating"))
+                part = shard_checkpoint(checkpoint, rank, size)
+                stack.enter_context(exclusive_lock(part, "calibrating"))
+            sub = [args[2][i] for i in indices]
+            shard_settings = {**settings, "shard": {"rank": rank, "ranks": size}}
+            profile = _measure(*args[:2], sub, *args[3:], checkpoint=part, settings=shard_settings, numbers=indices)
+            rows = np.moveaxis(profile.degradation, 1, 0)
+            return [(rows[k], profile.context_lengths[k], profile.baseline[k]) for k in range(len(indices))]
+
+        gathered = gather_in_order(len(items), work)
+        profile = Profile(
+            fingerprint=fingerprint(model),
+            metric=metric,
+            ablation_budgets=budgets,
+            degradation=np.stack([row for row, _, _ in gathered], axis=1),
+            context_lengths=[length for _, length, _ in gathered],
+            baseline=[base for _, _, base in gathered],
+            policy=pol,
+            workload=description,
+            complete=True,
+            settings=settings,
         )
+        profile.stats = compute_stats(profile, n_permutations=n_permutations, seed=seed)
+        if checkpoint:
+            if rank == 0:
+                profile.save(checkpoint)
+            barrier()  # the whole profile is on disk: the shards are no longer needed
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(shard_checkpoint(checkpoint, rank, size))
+        return profile
+
+
+def _completed(checkpoint, model, settings: dict, pol: PolicyConfig, description: dict) -> Profile | None:
+    """The complete profile at ``checkpoint`` of this very run, or None."""
+    done = _resume(checkpoint, model, settings, pol, description)
+    return done if done is not None and done.complete else None
 
 
 def _measure(
-    model, tokenizer, items, description, budgets, metric, pol, compress, checkpoint,
-    n_permutations, seed, reuse, scorer, extra_tokens, progress, settings,
+    model, tokenizer, items, description, budgets, metric, pol, compress, reuse, scorer, extra_tokens, progress,
+    *, checkpoint, settings, numbers: Sequence[int] | None = None,
 ) -> Profile:
-    """The calibration loop of :func:`calibrate` (under the checkpoint's lock)."""
+    """The calibration loop of :func:`calibrate`: every example of ``items`` measured (resuming
+    from ``checkpoint``, written after each), as a complete profile without statistics.
+    ``numbers`` are the examples' indices in the workload (for error messages)."""
     fp = fingerprint(model)
+    numbers = list(range(len(items))) if numbers is None else list(numbers)
     if checkpoint:
         remove_stale_temporaries(checkpoint)  # left by a run killed while writing the checkpoint
     partial = _resume(checkpoint, model, settings, pol, description) if checkpoint else None
     rows: list[np.ndarray] = list(np.moveaxis(partial.degradation, 1, 0)) if partial else []
     lengths = list(partial.context_lengths) if partial else []
     baseline = list(partial.baseline) if partial else []
+    if len(rows) > len(items):
+        raise ValueError(f"checkpoint {checkpoint} holds {len(rows)} examples, more than the {len(items)} of this run")
 
     def snapshot(complete: bool) -> Profile:
         deg = np.stack(rows, axis=1) if rows else np.zeros((len(budgets), 0, fp.num_layers))
@@ -174,18 +259,19 @@ def _measure(
     bar = tqdm(total=len(todo) * fp.num_layers * len(budgets), desc="calibrate", unit="ablation", disable=not progress)
     try:
         with depthkv_attention_enabled(model), torch.inference_mode():
-            for number, item in enumerate(todo, start=len(rows)):
+            for k, item in enumerate(todo, start=len(rows)):
+                number = numbers[k]
                 run = engine.run(item, record_layers=metric != "score")
                 measure = Degradation(run, metric, scorer, extra_tokens)
                 check_finite(measure.baseline, run, number, item, "with the full cache")
                 row = np.zeros((len(budgets), fp.num_layers))
-                for k, budget in enumerate(budgets):
+                for b, budget in enumerate(budgets):
                     tokens = ablation_tokens(budget, run.context_tokens, pol.floor)
                     for layer in range(fp.num_layers):
                         one = [None] * fp.num_layers
                         one[layer] = tokens
-                        row[k, layer] = measure.of(one)
-                        check_finite(row[k, layer], run, number, item, f"with layer {layer} pruned to {tokens} tokens")
+                        row[b, layer] = measure.of(one)
+                        check_finite(row[b, layer], run, number, item, f"with layer {layer} pruned to {tokens} tokens")
                         bar.update(1)
                         failpoint("calibrate-ablation")
                 rows.append(row)
@@ -195,11 +281,7 @@ def _measure(
                     snapshot(False).save(checkpoint)
     finally:
         bar.close()
-    profile = snapshot(True)
-    profile.stats = compute_stats(profile, n_permutations=n_permutations, seed=seed)
-    if checkpoint:
-        profile.save(checkpoint)
-    return profile
+    return snapshot(True)
 
 
 def check_finite(value: float, run: Any, number: int, item: Any, when: str) -> None:
@@ -207,7 +289,7 @@ def check_finite(value: float, run: Any, number: int, item: Any, when: str) -> N
     is NaN or inf, instead of writing a profile of NaNs."""
     if np.isfinite(value):
         return
-    dtype = next(run.engine.model.parameters()).dtype
+    dtype = model_dtype(run.engine.model)
     layer = first_nonfinite_layer(run.outputs)
     raise NonFiniteError(nonfinite_message(number, item, run.context_tokens, when, value, layer, dtype))
 

@@ -32,6 +32,7 @@ from depthkv.calibration.replay import record_outputs, replay_below
 from depthkv.policies import PolicyConfig
 from depthkv.profile import Plan, fingerprint
 from depthkv.runtime import BudgetCache, cache_kwarg, greedy_decode
+from depthkv.runtime.devices import input_device, model_dtype
 from depthkv.runtime.generation import until_stop
 from depthkv.runtime.modes import check_mode
 
@@ -185,7 +186,7 @@ class Engine:
         fp = fingerprint(model)
         self.n_layers = fp.num_layers
         self.caps = list(fp.layer_windows) if fp.layer_windows is not None else None
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)  # not next(parameters()): see depthkv.runtime.devices
         self.kw = cache_kwarg(model)
         self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
@@ -259,7 +260,7 @@ class ExampleRun:
             return
         probe = self if self.outputs else ExampleRun(self.engine, self.item, record_layers=True)
         layer = first_nonfinite_layer(probe.outputs)
-        dtype = next(self.engine.model.parameters()).dtype
+        dtype = model_dtype(self.engine.model)
         raise NonFiniteError(
             nonfinite_message(number, self.item, self.context_tokens, "with the full cache", "not finite", layer, dtype)
         )

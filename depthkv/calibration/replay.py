@@ -15,25 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from depthkv.runtime.devices import decoder_layers
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The ``ModuleList`` of decoder layers of a ``transformers`` causal LM.
-
-    Found structurally (the ModuleList with ``num_hidden_layers`` entries whose modules contain an
-    attention module with ``layer_idx``), so it works across model families without a name table.
-    """
-    config = getattr(model, "config", None)
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    n = getattr(text, "num_hidden_layers", None)
-    for _name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n and n:
-            first = module[0]
-            if any(hasattr(sub, "layer_idx") for sub in first.modules()):
-                return module
-    raise ValueError(
-        f"could not find the decoder layers of {type(model).__name__}: expected an nn.ModuleList of "
-        f"{n} layers containing attention modules with a `layer_idx` attribute"
-    )
+__all__ = ["decoder_layers", "record_outputs", "replay_below"]
 
 
 class _Replay(nn.Module):

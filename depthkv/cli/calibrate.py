@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from depthkv.cli.common import (
+    add_placement_args,
     add_policy_args,
     add_workload_args,
     budget_arg,
@@ -18,6 +19,7 @@ from depthkv.cli.common import (
 def add_parser(sub: Any) -> None:
     cal = sub.add_parser("calibrate", help="calibrate a model on a workload and write a profile")
     cal.add_argument("--model", default="tiny-llama", help="shipped model name or a local HF checkpoint dir")
+    add_placement_args(cal)
     add_workload_args(cal, split="calibration", n_per_task=8)
     cal.add_argument(
         "--ablation-budget", type=budget_arg, nargs="+", default=[0.2],
@@ -35,8 +37,9 @@ def add_parser(sub: Any) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> None:
     from depthkv.calibration import calibrate
+    from depthkv.distributed import world
 
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, args)
     profile = calibrate(
         model,
         tokenizer,
@@ -51,5 +54,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
         checkpoint=args.out,
         progress=not args.no_progress,
     )
+    if world()[0] != 0:
+        return  # rank 0 wrote the profile and reports it
     perm = profile.stats["by_budget"][0]["permutation"] if profile.stats else None
     print(f"profile written to {args.out}" + (f"; permutation p = {perm['pvalue']:.4g}" if perm else ""))

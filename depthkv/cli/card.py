@@ -23,7 +23,15 @@ import argparse
 import time
 from typing import Any
 
-from depthkv.cli.common import DEMO_STRATEGIES, builtin_for, decoding, load, print_table, run_info
+from depthkv.cli.common import (
+    DEMO_STRATEGIES,
+    add_placement_args,
+    builtin_for,
+    decoding,
+    load,
+    print_table,
+    run_info,
+)
 
 LEARNED = 0.8
 
@@ -31,6 +39,7 @@ LEARNED = 0.8
 def add_parser(sub: Any) -> None:
     card = sub.add_parser("card", help="full-cache accuracy per built-in task and context length")
     card.add_argument("--model", required=True, help="shipped or real model name, a local HF checkpoint or a .gguf")
+    add_placement_args(card)
     card.add_argument("--tasks", nargs="+", default=None, help="built-in tasks (default: the natural-text tasks)")
     card.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096], help="context lengths in tokens")
     card.add_argument("--n-per-task", type=int, default=12, help="evaluation examples per task and length (12)")
@@ -77,13 +86,14 @@ def full_cache_scores(
     from depthkv.calibration.engine import encode_example, workload_items
     from depthkv.evaluation.comparison import stop_tokens
     from depthkv.runtime import greedy_decode
+    from depthkv.runtime.devices import input_device
     from depthkv.runtime.generation import until_stop
     from depthkv.workload import score
 
     scorer = scorer or score
     items, _ = workload_items(workload)
     stop = stop_tokens(tokenizer, stop_at_newline)
-    device = next(model.parameters()).device
+    device = input_device(model)
     scores, tasks = [], []
 
     def forward(ids: list[int] | torch.Tensor, cache: Any) -> torch.Tensor:
@@ -109,7 +119,7 @@ def run_card(args: argparse.Namespace) -> dict[str, Any]:
     from depthkv.workload import NATURAL_TASKS
 
     start = time.time()
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, args)
     tasks = list(args.tasks or NATURAL_TASKS)
     default_length = args.default_length or args.lengths[0]
     if default_length not in args.lengths:

@@ -40,11 +40,53 @@ def fraction_arg(text: str) -> float:
     return budget
 
 
-def load(name: str) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` of a shipped model name or a local checkpoint folder."""
+def add_placement_args(parser: argparse.ArgumentParser) -> None:
+    """Where the model runs: one device, or split over several by a device map (accelerate)."""
+    parser.add_argument(
+        "--device", default="cpu",
+        help="device of the whole model (cpu, cuda, cuda:1); under torchrun 'cuda' is each rank's own GPU (LOCAL_RANK)",
+    )
+    parser.add_argument(
+        "--device-map", default=None, type=device_map_arg,
+        help="split the model over devices instead: auto, balanced, sequential, a JSON object "
+        "('{\"model.layers.0\": \"cuda:0\", ...}') or a JSON file; 'disk' entries go to --offload-folder",
+    )
+    parser.add_argument("--offload-folder", default=None, help="folder for a device map's 'disk' entries")
+
+
+def device_map_arg(text: str) -> str | dict[str, Any]:
+    """argparse type of ``--device-map``: accelerate's strategy names, a JSON object, or a JSON file."""
+    if text in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return text
+    if text.endswith(".json") and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"device map file {text} does not exist")
+    try:
+        data = json.loads(Path(text).read_text(encoding="utf-8")) if Path(text).is_file() else json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither auto/balanced/balanced_low_0/sequential, a JSON object nor a readable JSON file ({exc})"
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, (str, int)) for k, v in data.items()):
+        raise argparse.ArgumentTypeError(
+            f"a device map is a JSON object from module names to devices, e.g. "
+            f'{{"model.embed_tokens": "cuda:0", "model.layers.0": "cuda:1", "lm_head": "cpu"}}; got {text!r}'
+        )
+    return data
+
+
+def load(name: str, args: argparse.Namespace | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a shipped model name or a local checkpoint folder, placed as
+    :func:`add_placement_args`' options say (on the CPU without them)."""
+    from depthkv.distributed import local_device
     from depthkv.models import load_model
 
-    return load_model(name)
+    device_map = getattr(args, "device_map", None)
+    offload = getattr(args, "offload_folder", None)
+    if device_map is not None:
+        return load_model(name, device_map=device_map, offload_folder=offload)
+    if offload is not None:
+        raise ValueError("--offload-folder holds a device map's 'disk' entries; give --device-map with it")
+    return load_model(name, device=local_device(getattr(args, "device", "cpu")))
 
 
 def card_path(name: str) -> Path:

@@ -27,6 +27,7 @@ from depthkv.cli.common import (
     DEMO_STRATEGIES,
     MIN_CALIBRATION,
     add_comparison_args,
+    add_placement_args,
     add_policy_args,
     baselines_from_args,
     builtin_for,
@@ -50,6 +51,7 @@ QUICK_BUDGETS = (0.1, 0.2)
 def add_parser(sub: Any) -> None:
     demo = sub.add_parser("demo", help="calibrate, test, allocate and evaluate: the embedded default or your data")
     demo.add_argument("--model", default="tiny-llama", help="shipped model name or a local HF checkpoint dir")
+    add_placement_args(demo)
     demo.add_argument(
         "--workload", default=None,
         help="your JSONL file, split into calibration and evaluation examples (default: the built-in tasks)",
@@ -184,7 +186,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     if args.workload:  # a user's file is read and split before the model loads: its errors come first
         calib, evalw, split_record = _user_workloads(args, out)
         tasks = calib.tasks + [t for t in evalw.tasks if t not in calib.tasks]
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, args)
     if args.workload:
         ctx = round(mean_context_tokens(tokenizer, evalw))
     else:

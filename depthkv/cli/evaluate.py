@@ -29,6 +29,7 @@ from depthkv.cli.common import (
     DEMO_BUDGETS,
     DEMO_STRATEGIES,
     add_comparison_args,
+    add_placement_args,
     add_workload_args,
     baselines_from_args,
     budget_arg,
@@ -47,6 +48,7 @@ def add_parser(sub: Any) -> None:
 
     ev = sub.add_parser("evaluate", help="score plan files and a profile's plans (and the full cache) on a workload")
     ev.add_argument("--model", default="tiny-llama", help="shipped model name or a local HF checkpoint dir")
+    add_placement_args(ev)
     ev.add_argument("--plans", nargs="+", default=[], help="plan files, each PATH or NAME=PATH (name: the file's stem)")
     ev.add_argument("--profile", default=None, help="a profile of this model: plans are allocated from it (below)")
     ev.add_argument(
@@ -117,6 +119,7 @@ def _profile_methods(args: argparse.Namespace, model: Any, profile: Any) -> tupl
 
 
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from depthkv.distributed import world
     from depthkv.evaluation import evaluate
     from depthkv.evaluation.report import accuracy_table, summary_rows, write_report
     from depthkv.files import atomic_write_json
@@ -140,7 +143,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     else:
         baselines_from_args(args)  # an unknown name is an error before the model is loaded
     profile = Profile.load(args.profile) if args.profile else None
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, args)
     if profile is not None:
         profile.check_model(model)
     methods: dict[str, Plan | None] = {} if args.no_full else {"full": None}
@@ -164,6 +167,8 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         mode=args.mode,
     )
     summaries = {name: r.summary(seed=0) for name, r in results.items()}
+    if world()[0] != 0:  # under torchrun every rank has the results; rank 0 writes and prints them
+        return {"files": {}, "summaries": summaries, "methods": methods}
     every = {name: plan for name, plan in methods.items() if plan is not None}
     plans = dict(files)
     suffix = f"@{primary}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from depthkv.cli.common import budget_arg, calibration_workload, load
+from depthkv.cli.common import add_placement_args, budget_arg, calibration_workload, load
 
 
 def add_parser(sub: Any) -> None:
@@ -14,6 +14,7 @@ def add_parser(sub: Any) -> None:
     tune = sub.add_parser("tune-floor", help="allocate at several floors, measure each plan whole, keep the best")
     tune.add_argument("profile")
     tune.add_argument("--model", required=True, help="the calibrated model: shipped name or local HF checkpoint")
+    add_placement_args(tune)
     tune.add_argument(
         "--budget", type=budget_arg, required=True, help="global budget: a fraction (0.2) or tokens per layer (512)"
     )
@@ -31,7 +32,7 @@ def run_tune_floor(args: argparse.Namespace) -> None:
     from depthkv.profile import Profile
 
     profile = Profile.load(args.profile)
-    model, tokenizer = load(args.model)
+    model, tokenizer = load(args.model, args)
     profile.check_model(model)
     workload = calibration_workload(profile, args.workload, tokenizer)
     search = tune_floor(

@@ -31,6 +31,7 @@ from depthkv.policies import PolicyConfig
 from depthkv.profile import Budget, Plan, Profile
 from depthkv.runtime import StaticBudgetCache
 from depthkv.runtime.attention import use_depthkv_attention
+from depthkv.runtime.devices import decoder_layers
 
 log = logging.getLogger("depthkv")
 INNER = ("inductor", "aot_eager", "eager")
@@ -161,10 +162,43 @@ def compile(  # noqa: A001 - mirrors torch.compile
     ``model.forward`` in place so ``model.generate`` uses it. ``compile_kwargs`` go to torch.compile.
     The backend is kept as ``model._depthkv_backend``: :meth:`StaticBudgetCache.for_model` takes
     its kernel implementation for the eager steps.
+
+    A model split over devices by accelerate (``from_pretrained(..., device_map=...)``, CPU or disk
+    offload) is compiled layer by layer instead (:func:`compile_layers`): accelerate's hooks run
+    outside graphs by design, so a whole-model graph does not exist there.
     """
     plan.check_model(model)
     use_depthkv_attention(model)
     be = backend(plan, context_length=context_length, inner=inner, impl=impl)
-    model.forward = torch.compile(model.forward, backend=be, **compile_kwargs)
+    if is_dispatched(model):
+        compile_layers(model, be, **compile_kwargs)
+    else:
+        model.forward = torch.compile(model.forward, backend=be, **compile_kwargs)
     model._depthkv_backend = be
     return model
+
+
+def is_dispatched(model: Any) -> bool:
+    """Whether accelerate hooks run ``model``'s blocks (a ``device_map``, CPU or disk offload)."""
+    return any(hasattr(module, "_hf_hook") for module in model.modules())
+
+
+def compile_layers(model: Any, be: DepthKVBackend, **compile_kwargs: Any) -> None:
+    """Compile each decoder layer's computation of a model split by accelerate (regional compilation).
+
+    accelerate runs its hooks (moving activations between devices, loading offloaded weights)
+    outside any graph (they are ``torch.compiler.disable``-d), so compiling the whole forward would
+    only give fragments between hooks. Instead each decoder layer's own forward (the function inside
+    its hook, ``_old_forward``) is compiled with ``be``; the hooks, the embeddings and the output
+    head run eagerly around them. Dynamo keeps one compiled graph per layer and step shape (the
+    layer index is a constant of its graph), so its recompile limit is raised to fit them.
+    """
+    layers = decoder_layers(model)
+    need = 4 * len(layers)  # prefill and decode graphs per layer, with room for a second prefill shape
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name) and getattr(torch._dynamo.config, name) < need:
+            log.info("depthkv.compile: torch._dynamo.config.%s raised to %d (one graph per layer)", name, need)
+            setattr(torch._dynamo.config, name, need)
+    for layer in layers:
+        attr = "_old_forward" if hasattr(layer, "_hf_hook") else "forward"
+        setattr(layer, attr, torch.compile(getattr(layer, attr), backend=be, **compile_kwargs))

@@ -28,6 +28,7 @@ from depthkv.calibration.engine import (
 )
 from depthkv.calibration.metrics import default_scorer
 from depthkv.calibration.stats import bootstrap_mean_ci
+from depthkv.distributed import agree, gather_in_order, world
 from depthkv.evaluation.controls import controls_for
 from depthkv.profile import Budget, Plan
 from depthkv.runtime.attention import depthkv_attention_enabled
@@ -91,6 +92,7 @@ def evaluate(
     stop_at_newline: bool = True,
     progress: bool = True,
     mode: str = "evict",
+    distributed: bool = True,
 ) -> dict[str, MethodResult]:
     """Score each method on every example of ``workload``.
 
@@ -105,6 +107,9 @@ def evaluate(
         mode: the decode mode while answering: ``"evict"`` (every generated token keeps each layer
             at its budget) or ``"append"`` (generated tokens are appended; what the KV-compression
             papers evaluate). See :mod:`depthkv.runtime.modes`.
+        distributed: inside an initialised ``torch.distributed`` process group (``torchrun``),
+            split the examples over the ranks (rank ``r`` takes examples ``r, r + N, ...``) and
+            gather the scores: every rank returns the results one process would (workload order).
 
     Returns:
         name → :class:`MethodResult`.
@@ -119,27 +124,47 @@ def evaluate(
     for engine in list(engines.values())[:1]:
         engine.check_fits(items, extra_tokens)  # every example fits, before any work
     stop = stop_tokens(tokenizer, stop_at_newline)
+    rank, size = world() if distributed else (0, 1)
+    if size > 1:
+        agree((_describe(items), list(methods), compress, extra_tokens, mode), "the evaluation run")
+
+    def work(indices: list[int]) -> list[dict[str, tuple[float, str, int]]]:
+        """name -> (score, task, KV tokens) for each of the examples ``indices``."""
+        out = []
+        bar = tqdm(total=len(indices) * len(methods), desc="evaluate", unit="run", disable=not progress or rank != 0)
+        try:
+            with depthkv_attention_enabled(model), torch.inference_mode():
+                for number in indices:
+                    item = items[number]
+                    runs = {pol: engine.run(item) for pol, engine in engines.items()}
+                    for run in list(runs.values())[:1]:
+                        run.check_finite(number)  # a model that overflows is an error, not a score of garbage
+                    row = {}
+                    for name, plan in methods.items():
+                        run = runs[policy_of(plan)]
+                        budgets = [None] * run.engine.n_layers if plan is None else plan.budgets_for(run.context_tokens)
+                        tokens = run.generate(run.cache_for(budgets), len(run.answer) + extra_tokens, stop)
+                        prediction = tokenizer.decode(tokens, skip_special_tokens=True)
+                        row[name] = (float(scorer(item.source, prediction)), item.task, run.kv_tokens(budgets))
+                        bar.update(1)
+                    out.append(row)
+        finally:
+            bar.close()
+        return out
+
+    rows = gather_in_order(len(items), work) if size > 1 else work(list(range(len(items))))
     results = {name: MethodResult(name, [], []) for name in methods}
-    bar = tqdm(total=len(items) * len(methods), desc="evaluate", unit="run", disable=not progress)
-    try:
-        with depthkv_attention_enabled(model), torch.inference_mode():
-            for number, item in enumerate(items):
-                runs = {pol: engine.run(item) for pol, engine in engines.items()}
-                for run in list(runs.values())[:1]:
-                    run.check_finite(number)  # a model that overflows is an error, not a score of garbage
-                for name, plan in methods.items():
-                    run = runs[policy_of(plan)]
-                    budgets = [None] * run.engine.n_layers if plan is None else plan.budgets_for(run.context_tokens)
-                    tokens = run.generate(run.cache_for(budgets), len(run.answer) + extra_tokens, stop)
-                    prediction = tokenizer.decode(tokens, skip_special_tokens=True)
-                    res = results[name]
-                    res.scores.append(float(scorer(item.source, prediction)))
-                    res.tasks.append(item.task)
-                    res.kv_tokens.append(run.kv_tokens(budgets))
-                    bar.update(1)
-    finally:
-        bar.close()
+    for row in rows:
+        for name, (score, task, kv) in row.items():
+            results[name].scores.append(score)
+            results[name].tasks.append(task)
+            results[name].kv_tokens.append(kv)
     return results
+
+
+def _describe(items: Sequence[Any]) -> list[tuple[str, str]]:
+    """What the ranks must agree on about the examples: each one's task and question."""
+    return [(item.task, item.question) for item in items]
 
 
 BASELINES: tuple[str, ...] = ("uniform", "pyramid")

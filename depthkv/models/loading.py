@@ -65,7 +65,14 @@ def _unreadable(path: Path, exc: BaseException) -> str:
     )
 
 
-def load_model(name_or_path: str | os.PathLike, device: Any = "cpu", dtype: Any = None) -> tuple[Any, Any]:
+def load_model(
+    name_or_path: str | os.PathLike,
+    device: Any = "cpu",
+    dtype: Any = None,
+    *,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
+) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of a model name, a ``.gguf`` file or a local checkpoint folder.
 
     * a shipped tiny model (``MODELS``: ``"tiny-llama"``, ``"tiny-qwen2"``), from the package;
@@ -80,6 +87,12 @@ def load_model(name_or_path: str | os.PathLike, device: Any = "cpu", dtype: Any 
     ``AutoTokenizer`` of the folder. Raises ``ValueError`` for anything else (the message lists
     every model name) and for a real model whose package is missing (it names the install
     command).
+
+    ``device_map`` splits the model over devices instead of moving it to ``device``: accelerate's
+    ``"auto"``/``"balanced"``/``"sequential"``, or a dict from module names (``"model.layers.3"``)
+    to a device (``"cuda:1"``, ``"cpu"``, or ``"disk"`` to offload to ``offload_folder``), exactly
+    as transformers' ``from_pretrained`` takes it. Every depthkv path runs on such a model: each
+    layer's cache lives on that layer's execution device (:mod:`depthkv.runtime.devices`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,13 +115,20 @@ def load_model(name_or_path: str | os.PathLike, device: Any = "cpu", dtype: Any 
     kwargs: dict[str, Any] = {"local_files_only": True, "attn_implementation": "sdpa", "trust_remote_code": False}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if offload_folder is not None:
+            kwargs["offload_folder"] = os.fspath(offload_folder)
+    elif offload_folder is not None:
+        raise ValueError("offload_folder is where a device_map's 'disk' entries go; give a device_map with it")
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as exc:  # safetensors' own error type, whatever the loader's version calls it
         if "safetensor" not in type(exc).__name__.lower():
             raise
         raise CorruptFileError(_unreadable(path, exc)) from None
-    model.to(device)
+    if device_map is None:
+        model.to(device)
     model.eval()
     if (path / CONFIG_NAME).is_file():
         tokenizer = ByteTokenizer.from_pretrained(path)

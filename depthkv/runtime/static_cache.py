@@ -33,6 +33,7 @@ from depthkv.kernels import LayerBuffers, attend_evict, resolve_impl
 from depthkv.kernels.custom_ops import register_ops
 from depthkv.policies import PolicyConfig
 from depthkv.profile import Plan, fingerprint
+from depthkv.runtime.devices import layer_devices, model_dtype
 from depthkv.runtime.handoff import DepthKVUsageError, set_active_layer
 from depthkv.runtime.modes import check_mode
 
@@ -220,6 +221,11 @@ class StaticBudgetCache(Cache):
                 layer's buffer.
             context_length: for relative plans (budget given as a fraction), the prompt length the
                 budgets are sized for (:meth:`Plan.budgets_for`).
+            dtype: of the key/value buffers (default: the model's weights').
+            device: puts every layer's buffers there; default: each layer's own execution device
+                (:func:`depthkv.runtime.devices.layer_devices`), so a model split over devices by a
+                ``device_map`` (accelerate, CPU/disk offload included) keeps each layer's cache
+                beside the layer.
             impl: kernel implementation of the eager steps (``"auto"``, ``"reference"``,
                 ``"triton"``, ``"flash"``); default: the one of the backend ``model`` was compiled
                 with by :func:`depthkv.compile`, else ``"auto"``.
@@ -246,19 +252,19 @@ class StaticBudgetCache(Cache):
         budgets = [int(max_len) if b is None else b for b in plan.budgets_for(context_length)]
         full = [b is None for b in plan.budgets_for(context_length)]
         fp = fingerprint(model)
-        param = next(model.parameters())
         if impl is None:
             impl = getattr(getattr(model, "_depthkv_backend", None), "impl", "auto")
         shape = (int(batch_size), fp.num_kv_heads, fp.head_dim)
-        device = torch.device(device or param.device)
-        impl = resolve_impl(impl, device)
+        # each layer's buffers live where that layer runs (a model split by device_map)
+        devices = [torch.device(device)] * fp.num_layers if device is not None else layer_devices(model)
+        dtype = dtype or model_dtype(model)
         layers = []
         for i, (b, is_full, cap) in enumerate(zip(budgets, full, plan.caps)):
             # a sliding-window layer keeps evicting in append mode: its window bounds what it can use
             layer_mode = "evict" if cap is not None else mode
             tail = int(max_new_tokens) if layer_mode == "append" and not is_full else 0
             layers.append(
-                StaticBudgetLayer(i, b, plan.policy, max_len, shape, dtype or param.dtype, device, impl, layer_mode, tail)
+                StaticBudgetLayer(i, b, plan.policy, max_len, shape, dtype, devices[i], impl, layer_mode, tail)
             )
         cache = cls(layers, max_len)
         cache._mode = mode

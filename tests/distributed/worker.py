@@ -1,0 +1,49 @@
+"""One rank of the in-process-group test (``tests/distributed/test_sharded.py``), run by torchrun.
+
+``python worker.py OUT CASE``: joins the gloo group torchrun describes, calls
+``depthkv.calibrate`` / ``depthkv.evaluate`` inside it, and writes what this rank got to
+``OUT/rank<r>.json``. CASE ``ok`` runs both; ``fail`` makes rank 1's scorer raise, so every rank
+must raise instead of waiting for rank 1 forever; ``disagree`` gives rank 1 another workload.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+import depthkv
+from depthkv.workload import builtin_workload
+
+
+def main(out: Path, case: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model, tokenizer = depthkv.load_model("tiny-llama")
+    more = case == "disagree" and rank == 1
+    calib = builtin_workload(["kv_retrieval"], n_per_task=6 if more else 5, context_length=160)
+    evalw = builtin_workload(["kv_retrieval"], n_per_task=5, context_length=160, split="evaluation")
+    result: dict = {"rank": rank}
+    try:
+        if case in ("ok", "disagree"):
+            profile = depthkv.calibrate(model, tokenizer, calib, n_permutations=300, progress=False)
+            result["profile"] = profile.to_dict()
+        plan = depthkv.plan_from_budgets(model, [8, 24, 8, 8, 16, 8])
+
+        def scorer(example, prediction):
+            if case == "fail" and rank == 1:
+                raise RuntimeError("scorer broke on rank 1")
+            return depthkv.workload.score(example, prediction)
+
+        res = depthkv.evaluate(model, tokenizer, evalw, {"full": None, "plan": plan}, scorer=scorer, progress=False)
+        result["evaluate"] = {name: {"scores": r.scores, "tasks": r.tasks, "kv": r.kv_tokens} for name, r in res.items()}
+    except Exception as exc:  # the test reads what each rank raised
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])
