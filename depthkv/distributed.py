@@ -133,16 +133,24 @@ def barrier() -> None:
         dist.barrier(group=_group())
 
 
-def agree(value: Any, what: str) -> None:
-    """Raise ``ValueError`` on every rank unless every rank passes an equal ``value`` (``what``
-    names it in the message); nothing without a process group."""
+def agree(what: str, **parts: Any) -> None:
+    """Raise ``ValueError`` on every rank unless every rank passes equal ``parts`` (named values;
+    the message names the first that differs, ``what`` the run); nothing without a process group."""
     rank, size = world()
     if size == 1:
         return
-    values = _all_gather(value)
-    differ = [r for r, v in enumerate(values) if v != values[0]]
-    if differ:
-        raise ValueError(
-            f"the ranks of this run disagree on {what}: rank 0 has {values[0]!r}, rank {differ[0]} has "
-            f"{values[differ[0]]!r}; every rank must run the same command on the same inputs"
-        )
+    gathered = _all_gather(parts)
+    for name in parts:
+        differ = [r for r, p in enumerate(gathered) if p.get(name) != gathered[0].get(name)]
+        if differ:
+            mine, theirs = (_short(gathered[r].get(name)) for r in (0, differ[0]))
+            raise ValueError(
+                f"the ranks of {what} disagree on its {name}: rank 0 has {mine}, rank {differ[0]} has {theirs}; every "
+                "rank must run the same command on the same inputs (or, from Python, pass distributed=False to "
+                "measure everything on each rank alone)"
+            )
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -171,7 +171,8 @@ def _calibrate_sharded(args: tuple, settings: dict, checkpoint, n_permutations: 
     rank 0 writes it to ``checkpoint``."""
     model, _, items, description, budgets, metric, pol = args[:7]
     args = (*args[:11], args[11] and rank == 0)  # one progress bar: rank 0's
-    agree((description, settings, pol.to_dict(), fingerprint(model).to_dict(), str(checkpoint)), "the calibration run")
+    agree("this calibration run", workload=description, settings=settings, policy=pol.to_dict(),
+          model=fingerprint(model).to_dict(), checkpoint=str(checkpoint))
     with contextlib.ExitStack() as stack:
 
         def work(indices: list[int]) -> list[tuple[np.ndarray, int, float]]:

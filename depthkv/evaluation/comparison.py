@@ -9,6 +9,7 @@ code path.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,7 +127,8 @@ def evaluate(
     stop = stop_tokens(tokenizer, stop_at_newline)
     rank, size = world() if distributed else (0, 1)
     if size > 1:
-        agree((_describe(items), list(methods), compress, extra_tokens, mode), "the evaluation run")
+        agree("this evaluation run", examples=_digest(items), methods=list(methods), compress=compress,
+              extra_tokens=extra_tokens, mode=mode)
 
     def work(indices: list[int]) -> list[dict[str, tuple[float, str, int]]]:
         """name -> (score, task, KV tokens) for each of the examples ``indices``."""
@@ -162,9 +164,13 @@ def evaluate(
     return results
 
 
-def _describe(items: Sequence[Any]) -> list[tuple[str, str]]:
-    """What the ranks must agree on about the examples: each one's task and question."""
-    return [(item.task, item.question) for item in items]
+def _digest(items: Sequence[Any]) -> str:
+    """What the ranks must agree on about the examples: their number and a digest of their texts."""
+    h = hashlib.sha256()
+    for item in items:
+        for text in (item.task, item.context, item.question, item.answer):
+            h.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return f"{len(items)} examples, sha256 {h.hexdigest()[:16]}"
 
 
 BASELINES: tuple[str, ...] = ("uniform", "pyramid")

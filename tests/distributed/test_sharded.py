@@ -114,11 +114,16 @@ def test_torchrun_evaluate_equals_one_process(tmp_path):
     assert one == two
 
 
-def test_other_commands_refuse_to_run_under_torchrun(tmp_path):
-    rc, log = torchrun("-m", "depthkv", "plan", "--model", "tiny-llama", "--budgets", "8", "8", "8", "8", "8", "8",
-                       "--out", str(tmp_path / "plan.json"))
-    assert rc != 0 and "only calibrate and evaluate split their examples" in log
-    assert not (tmp_path / "plan.json").exists()
+def test_other_commands_refuse_to_run_under_torchrun(tmp_path, monkeypatch, capsys):
+    """What a torchrun rank sees (WORLD_SIZE > 1): only calibrate and evaluate split their work;
+    any other command stops before joining a group or writing anything."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    args = ["plan", "--model", "tiny-llama", "--budgets", "8", "8", "8", "8", "8", "8", "--out", str(tmp_path / "p.json")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "depthkv: error (rank 1): `depthkv plan` runs as one process; only calibrate and evaluate split" in err
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_calibrate_and_evaluate_inside_an_initialised_process_group(tmp_path):
@@ -160,4 +165,4 @@ def test_ranks_that_disagree_on_the_workload_are_refused(tmp_path):
     assert rc == 0, log
     errors = [json.loads((tmp_path / f"rank{r}.json").read_text()).get("error") for r in range(2)]
     for error in errors:  # both refuse, before any work
-        assert error.startswith("ValueError: the ranks of this run disagree on the calibration run"), errors
+        assert error.startswith("ValueError: the ranks of this calibration run disagree on its workload: rank 0 has"), errors
