@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import depthkv  # noqa: E402
 from depthkv.files import atomic_write_text  # noqa: E402
+from depthkv.runtime.attention import depthkv_attention_enabled  # noqa: E402
 from depthkv.runtime.devices import layer_devices  # noqa: E402
 from depthkv.workload import builtin_workload  # noqa: E402
 
@@ -82,7 +83,8 @@ def run(cuda: bool) -> dict[str, Any]:
         print(f"  {'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
 
     devices = [str(d) for d in layer_devices(split)]
-    cache = depthkv.StaticBudgetCache.for_model(split, plan, max_len=64)
+    with depthkv_attention_enabled(split):  # a dispatched model's static cache needs depthkv's attention
+        cache = depthkv.StaticBudgetCache.for_model(split, plan, max_len=64)
     buffers = [str(layer.keys.device) for layer in cache.layers]
     check("layer buffers on each layer's execution device", buffers == devices, {"layers": devices, "buffers": buffers})
 

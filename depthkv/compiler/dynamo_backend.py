@@ -31,7 +31,7 @@ from depthkv.policies import PolicyConfig
 from depthkv.profile import Budget, Plan, Profile
 from depthkv.runtime import StaticBudgetCache
 from depthkv.runtime.attention import use_depthkv_attention
-from depthkv.runtime.devices import decoder_layers
+from depthkv.runtime.devices import decoder_layers, is_dispatched
 
 log = logging.getLogger("depthkv")
 INNER = ("inductor", "aot_eager", "eager")
@@ -176,11 +176,6 @@ def compile(  # noqa: A001 - mirrors torch.compile
         model.forward = torch.compile(model.forward, backend=be, **compile_kwargs)
     model._depthkv_backend = be
     return model
-
-
-def is_dispatched(model: Any) -> bool:
-    """Whether accelerate hooks run ``model``'s blocks (a ``device_map``, CPU or disk offload)."""
-    return any(hasattr(module, "_hf_hook") for module in model.modules())
 
 
 def compile_layers(model: Any, be: DepthKVBackend, **compile_kwargs: Any) -> None:

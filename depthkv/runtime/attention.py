@@ -25,10 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from depthkv.kernels.attention import attend, slot_mask
-from depthkv.runtime.handoff import take_active_layer
+from depthkv.runtime.handoff import IMPL_NAME, take_active_layer
 from depthkv.runtime.static_cache import StaticBudgetLayer
-
-IMPL_NAME = "depthkv"
 
 
 def depthkv_mask(*args: Any, **kwargs: Any) -> torch.Tensor:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["decoder_layers", "execution_device", "input_device", "layer_devices", "model_dtype"]
+__all__ = ["decoder_layers", "execution_device", "input_device", "is_dispatched", "layer_devices", "model_dtype"]
 
 
 def _as_device(value: Any) -> torch.device:
@@ -106,6 +106,11 @@ def input_device(model: nn.Module) -> torch.device:
 def layer_devices(model: nn.Module) -> list[torch.device]:
     """The execution device of each decoder layer, in layer order (``[num_layers]``)."""
     return [execution_device(layer) for layer in decoder_layers(model)]
+
+
+def is_dispatched(model: nn.Module) -> bool:
+    """Whether accelerate hooks run ``model``'s blocks (a ``device_map``, CPU or disk offload)."""
+    return any(hasattr(module, "_hf_hook") for module in model.modules())
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["DepthKVUsageError", "set_active_layer", "take_active_layer"]
+__all__ = ["IMPL_NAME", "DepthKVUsageError", "set_active_layer", "take_active_layer"]
+
+IMPL_NAME = "depthkv"  # the name depthkv's attention is registered under with transformers
 
 _ACTIVE_LAYER: ContextVar[Any] = ContextVar("depthkv_active_layer", default=None)
 

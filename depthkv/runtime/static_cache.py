@@ -33,8 +33,8 @@ from depthkv.kernels import LayerBuffers, attend_evict, resolve_impl
 from depthkv.kernels.custom_ops import register_ops
 from depthkv.policies import PolicyConfig
 from depthkv.profile import Plan, fingerprint
-from depthkv.runtime.devices import layer_devices, model_dtype
-from depthkv.runtime.handoff import DepthKVUsageError, set_active_layer
+from depthkv.runtime.devices import is_dispatched, layer_devices, model_dtype
+from depthkv.runtime.handoff import IMPL_NAME, DepthKVUsageError, set_active_layer
 from depthkv.runtime.modes import check_mode
 
 
@@ -238,6 +238,9 @@ class StaticBudgetCache(Cache):
 
         Raises:
             ValueError: a bad mode, or append mode without ``max_new_tokens >= 1``.
+            DepthKVUsageError: ``model`` is split by accelerate and was not prepared by
+                :func:`depthkv.compile` (or switched to depthkv's attention): a whole-model
+                ``torch.compile`` cannot run it with these buffers.
         """
         register_ops()
         check_mode(mode)
@@ -249,6 +252,13 @@ class StaticBudgetCache(Cache):
         elif max_new_tokens is not None:
             raise ValueError("max_new_tokens sizes append mode's tail; with mode='evict' leave it out")
         plan.check_model(model)
+        if is_dispatched(model) and getattr(model.config, "_attn_implementation", None) != IMPL_NAME:
+            raise DepthKVUsageError(
+                f"this {type(model).__name__} is split over devices by accelerate (a device_map, CPU or disk "
+                "offload): its hooks run outside compiled graphs, so torch.compile(model, "
+                "backend=depthkv.backend(...)) cannot compile it whole, and the parts it runs eagerly would attend "
+                "without depthkv. Use depthkv.compile(model, plan), which compiles it layer by layer"
+            )
         budgets = [int(max_len) if b is None else b for b in plan.budgets_for(context_length)]
         full = [b is None for b in plan.budgets_for(context_length)]
         fp = fingerprint(model)

@@ -18,6 +18,7 @@ from accelerate import cpu_offload
 import depthkv
 from depthkv import StaticBudgetCache, greedy_generate
 from depthkv.cli import main
+from depthkv.runtime.attention import depthkv_attention_enabled
 from depthkv.runtime.devices import execution_device, input_device, layer_devices
 from depthkv.workload import builtin_workload
 
@@ -70,7 +71,8 @@ def test_each_layer_s_buffers_live_on_that_layer_s_execution_device(unsplit, mon
     monkeypatch.setattr(layer, "_hf_hook", type("Hook", (), {"execution_device": "meta"})(), raising=False)
     assert execution_device(layer) == torch.device("meta")
     plan = depthkv.plan_from_budgets(model, BUDGETS)
-    cache = StaticBudgetCache.for_model(model, plan, max_len=64, impl="reference")
+    with depthkv_attention_enabled(model):  # a hooked model needs depthkv's attention (as depthkv.compile sets)
+        cache = StaticBudgetCache.for_model(model, plan, max_len=64, impl="reference")
     assert [lay.keys.device.type for lay in cache.layers] == ["cpu", "cpu", "meta", "cpu", "cpu", "cpu"]
     assert [lay.positions.device.type for lay in cache.layers] == ["cpu", "cpu", "meta", "cpu", "cpu", "cpu"]
 
@@ -168,3 +170,16 @@ def test_a_bad_device_map_is_refused_with_what_is_wrong(value, says, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["calibrate", "--device-map", value, "--out", "never.json"])
     assert exc.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_whole_model_torch_compile_of_a_split_model_is_refused_with_the_way_out(unsplit, tmp_path):
+    """torch.compile(model, backend=depthkv.backend(plan)) cannot compile a dispatched model whole
+    (accelerate's hooks break every graph, and the fragments Dynamo runs eagerly would attend with
+    SDPA over the static buffers): making its cache says so and names depthkv.compile."""
+    model, _ = depthkv.load_model("tiny-llama", device_map=DISK_MAP, offload_folder=tmp_path)
+    plan = depthkv.plan_from_budgets(unsplit[0], BUDGETS)
+    with pytest.raises(depthkv.DepthKVUsageError, match=r"split over devices by accelerate.*Use depthkv.compile"):
+        StaticBudgetCache.for_model(model, plan, max_len=64)
+    StaticBudgetCache.for_model(unsplit[0], plan, max_len=64)  # one device: torch.compile(model, ...) works
+    with depthkv_attention_enabled(model):  # what depthkv.compile does first: then the cache is made
+        StaticBudgetCache.for_model(model, plan, max_len=64)
