@@ -126,12 +126,18 @@ def test_other_commands_refuse_to_run_under_torchrun(tmp_path, monkeypatch, caps
     assert not (tmp_path / "p.json").exists()
 
 
-def test_calibrate_and_evaluate_inside_an_initialised_process_group(tmp_path):
-    ok = tmp_path / "ok"
-    ok.mkdir()
-    rc, log = torchrun(str(HERE / "worker.py"), str(ok), "ok")
-    assert rc == 0, log
-    ranks = [json.loads((ok / f"rank{r}.json").read_text()) for r in range(2)]
+@pytest.fixture(scope="module")
+def in_group(tmp_path_factory) -> dict[str, list[dict]]:
+    """What each rank of one torchrun job got in each case of ``worker.py`` (ok, fail, disagree)."""
+    out = tmp_path_factory.mktemp("group")
+    rc, log = torchrun(str(HERE / "worker.py"), str(out))
+    assert rc == 0, log  # every rank caught its errors and wrote them down
+    return {case: [json.loads((out / f"{case}-rank{r}.json").read_text()) for r in range(2)]
+            for case in ("ok", "fail", "disagree")}
+
+
+def test_calibrate_and_evaluate_inside_an_initialised_process_group(in_group):
+    ranks = in_group["ok"]
     assert all("error" not in r for r in ranks), ranks
     model, tokenizer = depthkv.load_model("tiny-llama")
     calib = depthkv.workload.builtin_workload(["kv_retrieval"], n_per_task=5, context_length=160)
@@ -152,17 +158,13 @@ def test_calibrate_and_evaluate_inside_an_initialised_process_group(tmp_path):
         assert r["evaluate"] == expected
 
 
-def test_a_failing_rank_fails_every_rank_instead_of_hanging(tmp_path):
-    rc, log = torchrun(str(HERE / "worker.py"), str(tmp_path), "fail")
-    assert rc == 0, log  # each rank caught its error and wrote it down
-    errors = [json.loads((tmp_path / f"rank{r}.json").read_text()).get("error") for r in range(2)]
+def test_a_failing_rank_fails_every_rank_instead_of_hanging(in_group):
+    errors = [r.get("error") for r in in_group["fail"]]
     assert errors[0] == "RankFailedError: rank 1 of 2 failed: RuntimeError: scorer broke on rank 1"
     assert errors[1] == "RuntimeError: scorer broke on rank 1"
 
 
-def test_ranks_that_disagree_on_the_workload_are_refused(tmp_path):
-    rc, log = torchrun(str(HERE / "worker.py"), str(tmp_path), "disagree")  # rank 1 has one more example
-    assert rc == 0, log
-    errors = [json.loads((tmp_path / f"rank{r}.json").read_text()).get("error") for r in range(2)]
+def test_ranks_that_disagree_on_the_workload_are_refused(in_group):
+    errors = [r.get("error") for r in in_group["disagree"]]  # rank 1 has one more example
     for error in errors:  # both refuse, before any work
         assert error.startswith("ValueError: the ranks of this calibration run disagree on its workload: rank 0 has"), errors
