@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,15 @@ from depthkv.distributed import agree, barrier, gather_in_order, world
 from depthkv.faults import failpoint
 from depthkv.files import exclusive_lock, remove_stale_temporaries
 from depthkv.policies import PolicyConfig, as_policy
-from depthkv.profile import Budget, Profile, budget_tokens, check_budget, fingerprint, round_tokens
+from depthkv.profile import (
+    Budget,
+    ModelFingerprint,
+    Profile,
+    budget_tokens,
+    check_budget,
+    fingerprint,
+    round_tokens,
+)
 from depthkv.runtime.attention import depthkv_attention_enabled
 from depthkv.runtime.devices import model_dtype
 
@@ -142,15 +151,15 @@ def calibrate(
     budgets = _check_budgets(ablation_budget if isinstance(ablation_budget, (list, tuple)) else [ablation_budget])
     pol = as_policy(policy)
     items, description = workload_items(workload)
-    fingerprint(model)  # an unsupported model is refused before any work
+    fp = fingerprint(model)  # an unsupported model is refused before any work
     settings = _settings(metric, compress, budgets, reuse, extra_tokens)
-    args = (model, tokenizer, items, description, budgets, metric, pol, compress, reuse, scorer, extra_tokens, progress)
+    run = _Run(model, tokenizer, fp, description, budgets, metric, pol, compress, reuse, scorer, extra_tokens, progress)
     rank, size = world() if distributed else (0, 1)
     if size > 1:
-        return _calibrate_sharded(args, settings, checkpoint, n_permutations, seed, rank, size)
+        return _calibrate_sharded(run, items, settings, checkpoint, n_permutations, seed, rank, size)
     lock = exclusive_lock(checkpoint, "calibrating") if checkpoint else contextlib.nullcontext()
     with lock:
-        profile = _measure(*args, checkpoint=checkpoint, settings=settings)
+        profile = _measure(run, items, checkpoint=checkpoint, settings=settings)
         profile.stats = compute_stats(profile, n_permutations=n_permutations, seed=seed)
         if checkpoint:
             profile.save(checkpoint)
@@ -164,47 +173,75 @@ def shard_checkpoint(checkpoint: str | os.PathLike, rank: int, size: int) -> Pat
     return path.with_name(f"{path.stem}.rank{rank}-of-{size}{path.suffix or '.json'}")
 
 
-def _calibrate_sharded(args: tuple, settings: dict, checkpoint, n_permutations: int, seed: int, rank: int, size: int):
+@dataclass(frozen=True)
+class _Run:
+    """What every example of one calibration is measured with (the arguments of :func:`calibrate`)."""
+
+    model: Any
+    tokenizer: Any
+    fp: ModelFingerprint
+    description: dict
+    budgets: list
+    metric: str
+    policy: PolicyConfig
+    compress: str
+    reuse: bool
+    scorer: Callable[[Any, str], float] | None
+    extra_tokens: int
+    progress: bool
+
+    def profile(self, rows: Sequence[np.ndarray], lengths: list, baseline: list, settings: dict, complete: bool) -> Profile:
+        """The profile of the examples measured so far: ``rows`` are their ``[budgets, layers]`` rows."""
+        deg = np.stack(rows, axis=1) if len(rows) else np.zeros((len(self.budgets), 0, self.fp.num_layers))
+        return Profile(
+            fingerprint=self.fp,
+            metric=self.metric,
+            ablation_budgets=self.budgets,
+            degradation=deg,
+            context_lengths=lengths,
+            baseline=baseline,
+            policy=self.policy,
+            workload=self.description,
+            complete=complete,
+            settings=settings,
+        )
+
+
+def _examples(profile: Profile, indices: Sequence[int]) -> list[tuple[np.ndarray, int, float]]:
+    """``(row [budgets, layers], context length, baseline)`` of ``profile``'s examples ``indices``."""
+    rows = np.moveaxis(profile.degradation, 1, 0)
+    return [(rows[i], profile.context_lengths[i], profile.baseline[i]) for i in indices]
+
+
+def _calibrate_sharded(
+    run: _Run, items: list, settings: dict, checkpoint, n_permutations: int, seed: int, rank: int, size: int
+) -> Profile:
     """:func:`calibrate` inside a process group: rank ``r`` measures examples ``r, r + size, ...``
     (checkpointing them to :func:`shard_checkpoint`, from which a restarted job resumes), the rows
     are gathered in workload order, and every rank gets the profile one process would have made;
     rank 0 writes it to ``checkpoint``."""
-    model, _, items, description, budgets, metric, pol = args[:7]
-    args = (*args[:11], args[11] and rank == 0)  # one progress bar: rank 0's
-    agree("this calibration run", workload=description, settings=settings, policy=pol.to_dict(),
-          model=fingerprint(model).to_dict(), checkpoint=str(checkpoint))
+    run = replace(run, progress=run.progress and rank == 0)  # one progress bar: rank 0's
+    agree("this calibration run", workload=run.description, settings=settings, policy=run.policy.to_dict(),
+          model=run.fp.to_dict(), checkpoint=str(checkpoint))
     with contextlib.ExitStack() as stack:
 
         def work(indices: list[int]) -> list[tuple[np.ndarray, int, float]]:
-            done = _completed(checkpoint, model, settings, pol, description) if checkpoint else None
+            done = _completed(checkpoint, run.model, settings, run.policy, run.description) if checkpoint else None
             if done is not None:  # the whole profile is already there: this shard's rows from it
-                rows = np.moveaxis(done.degradation, 1, 0)
-                return [(rows[i], done.context_lengths[i], done.baseline[i]) for i in indices]
+                return _examples(done, indices)
             part = None
             if checkpoint:
                 if rank == 0:
                     stack.enter_context(exclusive_lock(checkpoint, "calibrating"))
                 part = shard_checkpoint(checkpoint, rank, size)
                 stack.enter_context(exclusive_lock(part, "calibrating"))
-            sub = [args[2][i] for i in indices]
             shard_settings = {**settings, "shard": {"rank": rank, "ranks": size}}
-            profile = _measure(*args[:2], sub, *args[3:], checkpoint=part, settings=shard_settings, numbers=indices)
-            rows = np.moveaxis(profile.degradation, 1, 0)
-            return [(rows[k], profile.context_lengths[k], profile.baseline[k]) for k in range(len(indices))]
+            mine = _measure(run, [items[i] for i in indices], checkpoint=part, settings=shard_settings, numbers=indices)
+            return _examples(mine, range(len(indices)))
 
         gathered = gather_in_order(len(items), work)
-        profile = Profile(
-            fingerprint=fingerprint(model),
-            metric=metric,
-            ablation_budgets=budgets,
-            degradation=np.stack([row for row, _, _ in gathered], axis=1),
-            context_lengths=[length for _, length, _ in gathered],
-            baseline=[base for _, _, base in gathered],
-            policy=pol,
-            workload=description,
-            complete=True,
-            settings=settings,
-        )
+        rows, lengths, baseline = (list(column) for column in zip(*gathered)) if gathered else ([], [], [])
+        profile = run.profile(rows, lengths, baseline, settings, complete=True)
         profile.stats = compute_stats(profile, n_permutations=n_permutations, seed=seed)
         if checkpoint:
             if rank == 0:
@@ -222,67 +259,51 @@ def _completed(checkpoint, model, settings: dict, pol: PolicyConfig, description
 
 
 def _measure(
-    model, tokenizer, items, description, budgets, metric, pol, compress, reuse, scorer, extra_tokens, progress,
-    *, checkpoint, settings, numbers: Sequence[int] | None = None,
+    run: _Run, items: list, *, checkpoint, settings: dict, numbers: Sequence[int] | None = None
 ) -> Profile:
     """The calibration loop of :func:`calibrate`: every example of ``items`` measured (resuming
     from ``checkpoint``, written after each), as a complete profile without statistics.
     ``numbers`` are the examples' indices in the workload (for error messages)."""
-    fp = fingerprint(model)
+    model, fp, budgets, metric, pol = run.model, run.fp, run.budgets, run.metric, run.policy
     numbers = list(range(len(items))) if numbers is None else list(numbers)
     if checkpoint:
         remove_stale_temporaries(checkpoint)  # left by a run killed while writing the checkpoint
-    partial = _resume(checkpoint, model, settings, pol, description) if checkpoint else None
+    partial = _resume(checkpoint, model, settings, pol, run.description) if checkpoint else None
     rows: list[np.ndarray] = list(np.moveaxis(partial.degradation, 1, 0)) if partial else []
     lengths = list(partial.context_lengths) if partial else []
     baseline = list(partial.baseline) if partial else []
     if len(rows) > len(items):
         raise ValueError(f"checkpoint {checkpoint} holds {len(rows)} examples, more than the {len(items)} of this run")
 
-    def snapshot(complete: bool) -> Profile:
-        deg = np.stack(rows, axis=1) if rows else np.zeros((len(budgets), 0, fp.num_layers))
-        return Profile(
-            fingerprint=fp,
-            metric=metric,
-            ablation_budgets=budgets,
-            degradation=deg,
-            context_lengths=lengths,
-            baseline=baseline,
-            policy=pol,
-            workload=description,
-            complete=complete,
-            settings=settings,
-        )
-
-    engine = Engine(model, tokenizer, pol, compress, reuse)
+    engine = Engine(model, run.tokenizer, pol, run.compress, run.reuse)
     todo = items[len(rows) :]
-    engine.check_fits(todo, extra_tokens)
-    bar = tqdm(total=len(todo) * fp.num_layers * len(budgets), desc="calibrate", unit="ablation", disable=not progress)
+    engine.check_fits(todo, run.extra_tokens)
+    bar = tqdm(total=len(todo) * fp.num_layers * len(budgets), desc="calibrate", unit="ablation", disable=not run.progress)
     try:
         with depthkv_attention_enabled(model), torch.inference_mode():
             for k, item in enumerate(todo, start=len(rows)):
                 number = numbers[k]
-                run = engine.run(item, record_layers=metric != "score")
-                measure = Degradation(run, metric, scorer, extra_tokens)
-                check_finite(measure.baseline, run, number, item, "with the full cache")
+                example = engine.run(item, record_layers=metric != "score")
+                measure = Degradation(example, metric, run.scorer, run.extra_tokens)
+                check_finite(measure.baseline, example, number, item, "with the full cache")
                 row = np.zeros((len(budgets), fp.num_layers))
                 for b, budget in enumerate(budgets):
-                    tokens = ablation_tokens(budget, run.context_tokens, pol.floor)
+                    tokens = ablation_tokens(budget, example.context_tokens, pol.floor)
                     for layer in range(fp.num_layers):
                         one = [None] * fp.num_layers
                         one[layer] = tokens
                         row[b, layer] = measure.of(one)
-                        check_finite(row[b, layer], run, number, item, f"with layer {layer} pruned to {tokens} tokens")
+                        check_finite(row[b, layer], example, number, item, f"with layer {layer} pruned to {tokens} tokens")
                         bar.update(1)
                         failpoint("calibrate-ablation")
                 rows.append(row)
-                lengths.append(run.context_tokens)
+                lengths.append(example.context_tokens)
                 baseline.append(measure.baseline)
                 if checkpoint:
-                    snapshot(False).save(checkpoint)
+                    run.profile(rows, lengths, baseline, settings, complete=False).save(checkpoint)
     finally:
         bar.close()
-    return snapshot(True)
+    return run.profile(rows, lengths, baseline, settings, complete=True)
 
 
 def check_finite(value: float, run: Any, number: int, item: Any, when: str) -> None:

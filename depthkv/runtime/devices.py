@@ -97,9 +97,6 @@ def input_device(model: nn.Module) -> torch.device:
     hook on the model moves them there too; this keeps the first copy away)."""
     get = getattr(model, "get_input_embeddings", None)
     emb = get() if callable(get) else None
-    hook = _hook_device(model)
-    if hook is not None and emb is None:
-        return hook
     return execution_device(emb if emb is not None else model)
 
 
