@@ -195,6 +195,24 @@ def victim(
     return key.argmin(-1, keepdim=True)
 
 
+def _write(
+    buffers: LayerBuffers,
+    index: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    key: torch.Tensor,
+    value: torch.Tensor,
+    position: torch.Tensor,
+    score: torch.Tensor | None,
+) -> None:
+    """Write one token per (row, KV head) in place at ``index`` (``[B, 1]``, ``[1, Hkv]``,
+    ``[B, Hkv]`` slot): ``key``/``value`` ``[B, Hkv, D]``, ``position`` ``[B, Hkv]``, and ``score``
+    ``[B, Hkv]`` unless None (the scores are left alone)."""
+    buffers.keys.index_put_(index, key)
+    buffers.values.index_put_(index, value)
+    buffers.positions.index_put_(index, position)
+    if score is not None:
+        buffers.scores.index_put_(index, score)
+
+
 def _batch_head_index(b: int, hkv: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.arange(b, device=device).view(b, 1), torch.arange(hkv, device=device).view(1, hkv)
 
@@ -237,13 +255,10 @@ def decode_evict(
         # observable.) Writing unconditionally, without reading the slot's old contents, lets
         # Inductor write the buffers in place instead of copying them.
         slot = victim(policy, scores, buffers.positions, valid, buffers.seen)[..., 0]  # [B, Hkv]
-        index = (bi, ci, slot)
-        buffers.keys.index_put_(index, k_new[:, :, 0])
-        buffers.values.index_put_(index, v_new[:, :, 0])
-        buffers.positions.index_put_(index, new_pos[..., 0])
         if policy.stateful:
             buffers.scores.copy_(scores)
-            buffers.scores.index_put_(index, score_new[..., 0])
+        _write(buffers, (bi, ci, slot), k_new[:, :, 0], v_new[:, :, 0], new_pos[..., 0],
+               score_new[..., 0] if policy.stateful else None)
         return out
     drop = victim(
         policy,
@@ -256,12 +271,12 @@ def decode_evict(
     take = drop < n  # False: the new token itself is the one dropped; nothing is written
     index = (bi, ci, slot)
     kv_take = take[..., None]
-    buffers.keys.index_put_(index, torch.where(kv_take, k_new[:, :, 0], buffers.keys[index]))
-    buffers.values.index_put_(index, torch.where(kv_take, v_new[:, :, 0], buffers.values[index]))
-    buffers.positions.index_put_(index, torch.where(take, new_pos[..., 0], buffers.positions[index]))
+    key = torch.where(kv_take, k_new[:, :, 0], buffers.keys[index])
+    value = torch.where(kv_take, v_new[:, :, 0], buffers.values[index])
+    position = torch.where(take, new_pos[..., 0], buffers.positions[index])
     if policy.stateful:
         buffers.scores.copy_(scores)
-        buffers.scores.index_put_(index, torch.where(take, score_new[..., 0], scores[index]))
+    _write(buffers, index, key, value, position, torch.where(take, score_new[..., 0], scores[index]) if policy.stateful else None)
     return out
 
 
@@ -288,11 +303,8 @@ def decode_append(
     free = buffers.positions < 0
     first = torch.where(free.any(-1), free.to(torch.int8).argmax(-1), torch.full_like(free[..., 0], n, dtype=torch.int64))
     bi, ci = _batch_head_index(b, hkv, q.device)
-    index = (bi, ci, first)
-    buffers.keys.index_put_(index, k_new[:, :, 0])
-    buffers.values.index_put_(index, v_new[:, :, 0])
-    buffers.positions.index_put_(index, qpos.reshape(1, 1).expand(b, hkv))
-    buffers.scores.index_put_(index, torch.zeros((b, hkv), dtype=buffers.scores.dtype, device=q.device))
+    _write(buffers, (bi, ci, first), k_new[:, :, 0], v_new[:, :, 0], qpos.reshape(1, 1).expand(b, hkv),
+           torch.zeros((b, hkv), dtype=buffers.scores.dtype, device=q.device))
     valid, _ = slot_validity(mask, buffers.positions, qpos)
     nothing = torch.zeros((b, hkv, 1), dtype=torch.bool, device=q.device)
     out, _, _ = decode_attend(q, k_new, v_new, buffers.keys, buffers.values, valid, nothing, scaling)
